@@ -1,0 +1,43 @@
+// build_info() and quantize().
+#include <pybind11/stl.h>
+
+#include <atomic>
+
+#include "bindings/common.hpp"
+#include "engine/build_info.hpp"
+#include "engine/quantize.hpp"
+
+namespace jv4py {
+
+void register_info(py::module_& m) {
+  m.def("build_info", [] {
+    jv4::BuildInfo b = jv4::build_info();
+    flush_logs();
+    py::dict llama;
+    llama["version"] = b.llama_cpp_version;
+    llama["commit"] = b.llama_cpp_commit;
+    llama["date"] = b.llama_cpp_date;
+    llama["source"] = b.llama_cpp_source;
+    py::dict d;
+    d["version"] = b.version;
+    d["llama_cpp"] = llama;
+    d["backends"] = b.backends;
+    d["devices"] = b.devices;
+    d["cpu_baseline"] = b.cpu_baseline;
+    d["cpu_features"] = b.cpu_features;
+    d["system_info"] = b.system_info;
+    return d;
+  });
+
+  m.def("quantize_types", [] { return jv4::quantize_types(); });
+
+  m.def(
+      "quantize",
+      [](const std::string& src, const std::string& dst, const std::string& type, int n_threads) {
+        std::atomic<bool> cancel{false};  // llama's quantizer cannot be stopped midway
+        run_blocking([&] { jv4::quantize(src, dst, type, n_threads); }, cancel);
+      },
+      py::arg("src"), py::arg("dst"), py::arg("type"), py::arg("n_threads") = 0);
+}
+
+}  // namespace jv4py

@@ -1,0 +1,99 @@
+// jv4._core: the compiled module. Gathers the binding files and maps engine
+// exceptions to Python ones.
+#include <pybind11/pybind11.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <exception>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include "bindings/common.hpp"
+#include "engine/errors.hpp"
+#include "engine/logging.hpp"
+
+namespace jv4py {
+
+void flush_logs() {
+  auto records = jv4::drain_logs();
+  if (records.empty()) return;
+  // Keep any pending Python error intact while logging.
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+  try {
+    py::object logger = py::module_::import("logging").attr("getLogger")("jv4");
+    for (auto& r : records) {
+      logger.attr("log")(static_cast<int>(r.level), "%s", r.message);
+    }
+  } catch (py::error_already_set&) {
+    // logging itself failed (interpreter shutting down): drop the lines
+  }
+  PyErr_Restore(type, value, tb);
+}
+
+void run_blocking(const std::function<void()>& work, std::atomic<bool>& cancel) {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  std::exception_ptr error;
+  std::optional<py::error_already_set> interrupt;
+  {
+    py::gil_scoped_release release;
+    std::thread worker([&] {
+      try {
+        work();
+      } catch (...) {
+        error = std::current_exception();
+      }
+      std::lock_guard<std::mutex> lock(mu);
+      done = true;
+      cv.notify_all();
+    });
+    std::unique_lock<std::mutex> lock(mu);
+    while (!done) {
+      cv.wait_for(lock, std::chrono::milliseconds(50));
+      if (done || interrupt) continue;
+      lock.unlock();
+      {
+        py::gil_scoped_acquire gil;
+        if (PyErr_CheckSignals() != 0) {
+          interrupt.emplace();  // takes the pending exception (KeyboardInterrupt)
+          cancel.store(true);
+        }
+      }
+      lock.lock();
+    }
+    lock.unlock();
+    worker.join();
+  }
+  flush_logs();
+  if (interrupt) throw *interrupt;
+  if (error) std::rethrow_exception(error);
+}
+
+}  // namespace jv4py
+
+PYBIND11_MODULE(_core, m) {
+  namespace py = pybind11;
+  m.doc() = "jv4 native core (private; import jv4 instead)";
+  m.attr("__version__") = JV4_VERSION;
+
+  static py::exception<jv4::ModelLoadError> model_load_error(m, "ModelLoadError", PyExc_RuntimeError);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const jv4::ModelLoadError& e) {
+      py::set_error(model_load_error, e.what());
+    } catch (const jv4::FileNotFound& e) {
+      PyErr_SetString(PyExc_FileNotFoundError, e.what());
+    } catch (const jv4::TypeErrorAt& e) {
+      PyErr_SetString(PyExc_TypeError, e.what());
+    } catch (const jv4::Cancelled& e) {
+      PyErr_SetString(PyExc_KeyboardInterrupt, e.what());
+    }
+  });
+
+  jv4py::register_info(m);
+  jv4py::register_model(m);
+}

@@ -1,0 +1,23 @@
+// What this build of jv4 can do: versions, backends, compiled-in CPU features.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace jv4 {
+
+struct BuildInfo {
+  std::string version;
+  std::string llama_cpp_version;
+  std::string llama_cpp_commit;
+  std::string llama_cpp_date;
+  std::string llama_cpp_source;
+  std::string cpu_baseline;
+  std::vector<std::string> backends;
+  std::vector<std::string> devices;
+  std::vector<std::string> cpu_features;
+  std::string system_info;
+};
+
+BuildInfo build_info();
+
+}  // namespace jv4

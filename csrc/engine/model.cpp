@@ -1,0 +1,523 @@
+// Model: loading, jina-v4 task detection, and the embed pipeline.
+//
+// Batching: texts are tokenized (prefix included), sorted by token count and
+// packed into decodes of at most `batch_tokens` tokens. Every token's final
+// hidden state is returned by llama.cpp (pooling NONE) and pooled here, so
+// a text longer than one batch is simply decoded in several chunks against
+// the KV cache and still pooled over all its tokens. The KV cache is cleared
+// before each decode group, so a text's vector never depends on its batch.
+#include "engine/model.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <numeric>
+#include <stdexcept>
+#include <thread>
+
+#include "engine/errors.hpp"
+#include "engine/logging.hpp"
+#include "llama.h"
+
+namespace jv4 {
+namespace {
+
+constexpr int kDefaultMaxLength = 32768;  // the reference's max_length
+constexpr int kDefaultBatchTokens = 512;
+constexpr int kMaxSeqPerBatch = 256;      // llama.cpp's LLAMA_MAX_SEQ
+constexpr int kCtxGranule = 256;
+const int kTrainedDims[] = {128, 256, 512, 1024, 2048};
+const char* const kTasks[] = {"retrieval", "text-matching", "code"};
+
+std::string lower_dashed(std::string s) {
+  for (char& c : s) {
+    if (c == '_' || c == ' ') c = '-';
+    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  }
+  return s;
+}
+
+std::string meta(const llama_model* m, const std::string& key) {
+  char buf[512];
+  int n = llama_model_meta_val_str(m, key.c_str(), buf, sizeof(buf));
+  if (n < 0) return "";
+  if (static_cast<size_t>(n) < sizeof(buf)) return std::string(buf, static_cast<size_t>(n));
+  std::string big(static_cast<size_t>(n) + 1, '\0');
+  llama_model_meta_val_str(m, key.c_str(), big.data(), big.size());
+  big.resize(static_cast<size_t>(n));
+  return big;
+}
+
+// "retrieval" / "text-matching" / "code" from a name, or "".
+std::string task_from_name(const std::string& raw) {
+  const std::string s = lower_dashed(raw);
+  if (s.find("retrieval") != std::string::npos) return "retrieval";
+  if (s.find("matching") != std::string::npos) return "text-matching";
+  if (s.find("text-code") != std::string::npos || s.find("-code") != std::string::npos)
+    return "code";
+  return "";
+}
+
+std::string join_quoted(const std::vector<std::string>& v) {
+  std::string out;
+  for (const auto& s : v) out += (out.empty() ? "'" : ", '") + s + "'";
+  return out;
+}
+
+std::string join_ints(const std::vector<int>& v) {
+  std::string out;
+  for (int d : v) out += (out.empty() ? "" : ", ") + std::to_string(d);
+  return out;
+}
+
+bool abort_cb(void* data) {
+  auto* flag = static_cast<std::atomic<const std::atomic<bool>*>*>(data);
+  const std::atomic<bool>* c = flag->load(std::memory_order_relaxed);
+  return c != nullptr && c->load(std::memory_order_relaxed);
+}
+
+struct BatchHolder {
+  llama_batch b;
+  explicit BatchHolder(int n) : b(llama_batch_init(n, 0, 1)) {}
+  ~BatchHolder() { llama_batch_free(b); }
+};
+
+}  // namespace
+
+std::string jina_prefix(const std::string& task, const std::string& role) {
+  if (role != "query" && role != "passage") {
+    throw std::invalid_argument("role must be one of 'query', 'passage' (got '" + role + "')");
+  }
+  if (task == "text-matching") return "Query: ";  // symmetric task
+  if (task == "retrieval" || task == "code") return role == "query" ? "Query: " : "Passage: ";
+  throw std::invalid_argument("task must be one of 'retrieval', 'text-matching', 'code' (got '" +
+                              task + "')");
+}
+
+// The file is checked before llama.cpp sees it, so that common mistakes get a
+// precise message (and never reach an assertion inside ggml).
+static void precheck_file(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw FileNotFound("no such file: " + path);
+  if (fs::is_directory(path, ec)) throw ModelLoadError(path + ": is a directory, not a GGUF file");
+  std::ifstream f(path, std::ios::binary);
+  char magic[4] = {0, 0, 0, 0};
+  if (!f || !f.read(magic, 4) || std::memcmp(magic, "GGUF", 4) != 0) {
+    throw ModelLoadError(path + ": not a GGUF file (bad magic)");
+  }
+}
+
+Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
+  if (opts.n_threads < 0) throw std::invalid_argument("n_threads must be >= 1 (or None for all cores)");
+  if (opts.max_length < 0) throw std::invalid_argument("max_length must be >= 1 (or None)");
+  if (opts.batch_tokens < 0) throw std::invalid_argument("batch_tokens must be >= 1 (or None)");
+  precheck_file(path);
+  init_backend();
+  take_thread_errors();
+
+  llama_model_params mp = llama_model_default_params();
+  mp.load_mode = LLAMA_LOAD_MODE_MMAP;  // weights stay in the page cache, shared
+  mp.n_gpu_layers = 999;  // everything on the accelerator when the build has one
+  model_ = llama_model_load_from_file(path.c_str(), mp);
+  if (model_ == nullptr) {
+    std::string why = take_thread_errors();
+    throw ModelLoadError(path + ": cannot load model" + (why.empty() ? "" : ": " + why));
+  }
+  try {
+    vocab_ = llama_model_get_vocab(model_);
+    if (vocab_ == nullptr || llama_vocab_n_tokens(vocab_) <= 0) {
+      throw ModelLoadError(path + ": the model has no vocabulary");
+    }
+    if (llama_model_has_encoder(model_) && llama_model_has_decoder(model_)) {
+      throw ModelLoadError(path + ": encoder-decoder models are not supported for embeddings");
+    }
+    n_embd_ = llama_model_n_embd_out(model_);
+    if (n_embd_ <= 0) n_embd_ = llama_model_n_embd(model_);
+    n_ctx_train_ = llama_model_n_ctx_train(model_);
+
+    const std::string arch = meta(model_, "general.architecture");
+    const std::string name = meta(model_, "general.name");
+    const std::string basename = meta(model_, "general.basename");
+    const std::string file = std::filesystem::path(path).filename().string();
+    for (const std::string* s : {&name, &basename, &file}) {
+      if (lower_dashed(*s).find("jina-embeddings-v4") != std::string::npos) jina_v4_ = true;
+    }
+    if (jina_v4_) {
+      // metadata first, the file name only as a fallback
+      for (const std::string* s : {&name, &basename, &file}) {
+        task_ = task_from_name(*s);
+        if (!task_.empty()) break;
+      }
+      pooling_ = "mean";
+    } else {
+      const std::string pt = meta(model_, arch + ".pooling_type");
+      if (pt == "2") pooling_ = "cls";
+      else if (pt == "3") pooling_ = "last";
+      else if (pt == "4") throw ModelLoadError(path + ": reranker (rank pooling) models are not supported");
+      else pooling_ = "mean";
+    }
+
+    int cap = n_ctx_train_ > 0 ? n_ctx_train_ : kDefaultMaxLength;
+    if (opts.max_length > 0) {
+      if (opts.max_length > cap) {
+        throw std::invalid_argument("max_length=" + std::to_string(opts.max_length) +
+                                    " is above the model's trained context (" +
+                                    std::to_string(cap) + " tokens)");
+      }
+      max_length_ = opts.max_length;
+    } else {
+      max_length_ = std::min(kDefaultMaxLength, cap);
+    }
+    batch_tokens_ = opts.batch_tokens > 0 ? opts.batch_tokens : kDefaultBatchTokens;
+    n_threads_ = opts.n_threads > 0 ? opts.n_threads
+                                    : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+    n_seq_max_ = kMaxSeqPerBatch;
+
+    ensure_context(batch_tokens_);
+    causal_ = llama_get_causal_attn(ctx_);
+    if (!causal_ && batch_tokens_ < max_length_) {
+      // Non-causal attention needs a whole text inside one physical batch.
+      batch_tokens_ = max_length_;
+      free_context();
+      ensure_context(batch_tokens_);
+    }
+
+    char desc[256];
+    llama_model_desc(model_, desc, sizeof(desc));
+    info_ = {
+        {"path", path},
+        {"architecture", arch},
+        {"name", name},
+        {"basename", basename},
+        {"description", desc},
+        {"task", task_},
+        {"pooling", pooling_},
+        {"jina_v4", jina_v4_ ? "1" : "0"},
+        {"n_embd", std::to_string(n_embd_)},
+        {"n_layer", std::to_string(llama_model_n_layer(model_))},
+        {"n_head", std::to_string(llama_model_n_head(model_))},
+        {"n_vocab", std::to_string(llama_vocab_n_tokens(vocab_))},
+        {"n_ctx_train", std::to_string(n_ctx_train_)},
+        {"n_params", std::to_string(llama_model_n_params(model_))},
+        {"size_bytes", std::to_string(llama_model_size(model_))},
+        {"causal", causal_ ? "1" : "0"},
+    };
+  } catch (...) {
+    free_context();
+    llama_model_free(model_);
+    model_ = nullptr;
+    throw;
+  }
+}
+
+Model::~Model() {
+  free_context();
+  if (model_ != nullptr) llama_model_free(model_);
+}
+
+void Model::free_context() {
+  if (ctx_ != nullptr) llama_free(ctx_);
+  ctx_ = nullptr;
+  ctx_size_ = 0;
+}
+
+void Model::ensure_context(int n_ctx_needed) {
+  int size = std::max(n_ctx_needed, batch_tokens_);
+  size = (size + kCtxGranule - 1) / kCtxGranule * kCtxGranule;
+  if (ctx_ != nullptr && ctx_size_ >= size) return;
+  free_context();
+  llama_context_params cp = llama_context_default_params();
+  cp.n_ctx = static_cast<uint32_t>(size);
+  cp.n_batch = static_cast<uint32_t>(batch_tokens_);
+  cp.n_ubatch = static_cast<uint32_t>(batch_tokens_);
+  cp.n_seq_max = static_cast<uint32_t>(n_seq_max_);
+  cp.n_threads = n_threads_;
+  cp.n_threads_batch = n_threads_;
+  cp.embeddings = true;
+  cp.pooling_type = LLAMA_POOLING_TYPE_NONE;  // per-token outputs; pooled here
+  cp.kv_unified = true;
+  cp.no_perf = true;
+  cp.abort_callback = abort_cb;
+  cp.abort_callback_data = &cancel_;
+  take_thread_errors();
+  ctx_ = llama_init_from_model(model_, cp);
+  if (ctx_ == nullptr) {
+    std::string why = take_thread_errors();
+    throw ModelLoadError(path_ + ": cannot create a context of " + std::to_string(size) +
+                         " tokens" + (why.empty() ? "" : ": " + why));
+  }
+  ctx_size_ = size;
+}
+
+std::vector<int> Model::dims() const {
+  std::vector<int> out;
+  if (jina_v4_) {
+    for (int d : kTrainedDims) {
+      if (d <= n_embd_) out.push_back(d);
+    }
+  } else {
+    for (int d = 1; d <= n_embd_; ++d) out.push_back(d);
+  }
+  return out;
+}
+
+Request Model::resolve(const std::string& task_in, const std::string& role_in, int dim,
+                       bool truncate) const {
+  Request req;
+  req.truncate = truncate;
+  const std::string role = role_in.empty() ? "query" : role_in;
+  if (role != "query" && role != "passage") {
+    throw std::invalid_argument("role must be one of 'query', 'passage' (got '" + role + "')");
+  }
+  if (jina_v4_) {
+    std::string task = task_in;
+    if (!task.empty()) {
+      bool known = false;
+      for (const char* t : kTasks) known = known || task == t;
+      if (!known) jina_prefix(task, role);  // throws the message listing the tasks
+    }
+    if (task.empty()) {
+      if (task_.empty()) {
+        throw std::invalid_argument(
+            path_ + ": cannot tell which jina-embeddings-v4 task this file was merged for "
+            "(neither general.name nor the file name says); pass task= one of "
+            "'retrieval', 'text-matching', 'code'");
+      }
+      task = task_;
+    } else if (!task_.empty() && task != task_) {
+      std::string file = std::filesystem::path(path_).filename().string();
+      std::string want_tag = "text-" + (task == "text-matching" ? std::string("matching") : task);
+      std::string have_tag = "text-" + (task_ == "text-matching" ? std::string("matching") : task_);
+      std::string suggestion;
+      size_t at = lower_dashed(file).find(have_tag);
+      if (at != std::string::npos) {
+        suggestion = file.substr(0, at) + want_tag + file.substr(at + have_tag.size());
+      } else {
+        suggestion = "jina-embeddings-v4-" + want_tag + "-<quant>.gguf";
+      }
+      throw std::invalid_argument("task='" + task + "' does not match this file: " + path_ +
+                                  " is the jina-embeddings-v4 '" + task_ +
+                                  "' model; load " + suggestion + " for task='" + task +
+                                  "' (or pass task=None)");
+    }
+    req.prefix = jina_prefix(task, role);
+  } else {
+    if (!task_in.empty()) {
+      throw std::invalid_argument("task applies only to jina-embeddings-v4 models; " + path_ +
+                                  " is not one (no prefix is added): leave task=None");
+    }
+    if (role != "query") {
+      throw std::invalid_argument("role applies only to jina-embeddings-v4 models; " + path_ +
+                                  " is not one (no prefix is added): leave role='query'");
+    }
+  }
+  if (dim == 0) {
+    req.dim = n_embd_;
+  } else {
+    std::vector<int> allowed = dims();
+    if (!std::binary_search(allowed.begin(), allowed.end(), dim)) {
+      std::string list = jina_v4_ ? join_ints(allowed)
+                                  : "1.." + std::to_string(n_embd_);
+      throw std::invalid_argument("dim must be one of " + list + " (or None for " +
+                                  std::to_string(n_embd_) + "); got " + std::to_string(dim));
+    }
+    req.dim = dim;
+  }
+  return req;
+}
+
+std::vector<int32_t> Model::tokenize(const std::string& text, const std::string& prefix) const {
+  std::string full;
+  const std::string* s = &text;
+  if (!prefix.empty()) {
+    full.reserve(prefix.size() + text.size());
+    full.append(prefix).append(text);
+    s = &full;
+  }
+  if (s->size() > static_cast<size_t>(INT32_MAX) / 2) {
+    throw std::invalid_argument("text too long to tokenize (" + std::to_string(s->size()) + " bytes)");
+  }
+  const int32_t len = static_cast<int32_t>(s->size());
+  std::vector<int32_t> out(static_cast<size_t>(len) + 8);
+  // add_special follows the GGUF (Qwen2: nothing added); parse_special like
+  // the reference tokenizer, which matches special-token text in its input.
+  int32_t n = llama_tokenize(vocab_, s->data(), len, out.data(), static_cast<int32_t>(out.size()),
+                             /*add_special=*/true, /*parse_special=*/true);
+  if (n < 0) {
+    out.resize(static_cast<size_t>(-n));
+    n = llama_tokenize(vocab_, s->data(), len, out.data(), static_cast<int32_t>(out.size()), true, true);
+    if (n < 0) throw std::runtime_error("tokenization failed");
+  }
+  out.resize(static_cast<size_t>(n));
+  return out;
+}
+
+void Model::embed(const std::vector<std::string>& texts, const Request& req, float* out,
+                  const std::atomic<bool>* cancel) {
+  const size_t n = texts.size();
+  const int dim = req.dim;
+  if (n == 0) return;
+
+  // 1. tokenize (outside the lock: the vocabulary is read-only)
+  std::vector<std::vector<int32_t>> toks(n);
+  for (size_t i = 0; i < n; ++i) {
+    if (cancel && cancel->load()) throw Cancelled();
+    toks[i] = tokenize(texts[i], req.prefix);
+    if (static_cast<int>(toks[i].size()) > max_length_) {
+      if (!req.truncate) {
+        throw std::invalid_argument("text at index " + std::to_string(i) + " has " +
+                                    std::to_string(toks[i].size()) +
+                                    " tokens, more than max_length=" + std::to_string(max_length_) +
+                                    " (pass truncate=True to cut it on the right)");
+      }
+      toks[i].resize(static_cast<size_t>(max_length_));
+    }
+  }
+
+  // 2. longest first: a context that must grow grows once, at the start
+  std::vector<size_t> order(n);
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return toks[a].size() > toks[b].size(); });
+  const int longest = static_cast<int>(toks[order[0]].size());
+
+  std::lock_guard<std::mutex> lock(mu_);
+  struct CancelScope {
+    std::atomic<const std::atomic<bool>*>& slot;
+    CancelScope(std::atomic<const std::atomic<bool>*>& s, const std::atomic<bool>* c) : slot(s) { slot = c; }
+    ~CancelScope() { slot = nullptr; }
+  } cancel_scope(cancel_, cancel);
+
+  const int base_ctx = batch_tokens_;
+  ensure_context(longest);
+  const int B = batch_tokens_;
+  BatchHolder holder(B);
+  llama_batch& batch = holder.b;
+  llama_memory_t mem = llama_get_memory(ctx_);
+  const bool mean = pooling_ == "mean";
+  const bool last = pooling_ == "last";
+
+  std::vector<double> acc(static_cast<size_t>(kMaxSeqPerBatch) * n_embd_);
+  std::vector<double> v(n_embd_);
+
+  auto decode = [&]() {
+    int rc = llama_decode(ctx_, batch);
+    if (rc == 2 || (cancel && cancel->load())) throw Cancelled();
+    if (rc != 0) {
+      std::string why = take_thread_errors();
+      throw std::runtime_error("llama_decode failed (code " + std::to_string(rc) + ")" +
+                               (why.empty() ? "" : ": " + why));
+    }
+  };
+  // Adds the outputs of the tokens in `batch` flagged for output to acc rows.
+  auto accumulate = [&]() {
+    for (int j = 0; j < batch.n_tokens; ++j) {
+      if (!batch.logits[j]) continue;
+      const float* e = llama_get_embeddings_ith(ctx_, j);
+      if (e == nullptr) throw std::runtime_error("llama.cpp returned no embedding for a token");
+      double* a = acc.data() + static_cast<size_t>(batch.seq_id[j][0]) * n_embd_;
+      for (int k = 0; k < n_embd_; ++k) a[k] += e[k];
+    }
+  };
+  auto add = [&](int32_t tok, int pos, int seq, bool output) {
+    int j = batch.n_tokens++;
+    batch.token[j] = tok;
+    batch.pos[j] = pos;
+    batch.n_seq_id[j] = 1;
+    batch.seq_id[j][0] = seq;
+    batch.logits[j] = output;
+  };
+  auto wants_output = [&](int pos, int len) {
+    return mean || (last ? pos == len - 1 : pos == 0);
+  };
+  // Pools acc row `seq` of a text with `len` tokens into out row `row`.
+  auto finish = [&](int seq, size_t row, size_t len) {
+    float* o = out + row * static_cast<size_t>(dim);
+    double* a = acc.data() + static_cast<size_t>(seq) * n_embd_;
+    if (len == 0) {
+      std::fill(o, o + dim, 0.0f);
+      return;
+    }
+    // mean (the 1/len factor cancels in the normalisation but is kept for clarity)
+    const double scale = mean ? 1.0 / static_cast<double>(len) : 1.0;
+    double ss = 0.0;
+    for (int k = 0; k < n_embd_; ++k) {
+      v[k] = a[k] * scale;
+      ss += v[k] * v[k];
+    }
+    double inv = 1.0 / std::max(std::sqrt(ss), 1e-12);
+    double ss2 = 0.0;
+    for (int k = 0; k < dim; ++k) {
+      v[k] *= inv;
+      ss2 += v[k] * v[k];
+    }
+    // Matryoshka: slice the normalised vector, then normalise again
+    double inv2 = dim < n_embd_ ? 1.0 / std::max(std::sqrt(ss2), 1e-12) : 1.0;
+    for (int k = 0; k < dim; ++k) o[k] = static_cast<float>(v[k] * inv2);
+  };
+
+  size_t idx = 0;
+  while (idx < n) {
+    if (cancel && cancel->load()) throw Cancelled();
+    const size_t first = order[idx];
+    const size_t len0 = toks[first].size();
+    if (len0 == 0) {  // only possible without a prefix and without special tokens
+      finish(0, first, 0);
+      ++idx;
+      continue;
+    }
+    llama_memory_clear(mem, true);
+    if (static_cast<int>(len0) > B) {
+      // one long text, decoded in chunks against the KV cache
+      std::fill(acc.begin(), acc.begin() + n_embd_, 0.0);
+      const auto& t = toks[first];
+      for (size_t start = 0; start < len0; start += static_cast<size_t>(B)) {
+        batch.n_tokens = 0;
+        size_t end = std::min(len0, start + static_cast<size_t>(B));
+        for (size_t p = start; p < end; ++p) {
+          add(t[p], static_cast<int>(p), 0, wants_output(static_cast<int>(p), static_cast<int>(len0)));
+        }
+        decode();
+        accumulate();
+      }
+      finish(0, first, len0);
+      ++idx;
+      continue;
+    }
+    // pack several texts (all <= B tokens) into one decode
+    batch.n_tokens = 0;
+    size_t group_end = idx;
+    int used = 0;
+    while (group_end < n && static_cast<int>(group_end - idx) < kMaxSeqPerBatch) {
+      const auto& t = toks[order[group_end]];
+      if (t.empty() || used + static_cast<int>(t.size()) > B) break;
+      const int seq = static_cast<int>(group_end - idx);
+      for (size_t p = 0; p < t.size(); ++p) {
+        add(t[p], static_cast<int>(p), seq, wants_output(static_cast<int>(p), static_cast<int>(t.size())));
+      }
+      used += static_cast<int>(t.size());
+      ++group_end;
+    }
+    const int n_seq = static_cast<int>(group_end - idx);
+    std::fill(acc.begin(), acc.begin() + static_cast<size_t>(n_seq) * n_embd_, 0.0);
+    decode();
+    accumulate();
+    for (int s = 0; s < n_seq; ++s) {
+      const size_t row = order[idx + static_cast<size_t>(s)];
+      finish(s, row, toks[row].size());
+    }
+    idx = group_end;
+  }
+  llama_memory_clear(mem, true);
+  // A context grown for long texts gives its memory back after the call.
+  if (ctx_size_ > std::max(base_ctx, kCtxGranule)) {
+    free_context();
+    ensure_context(base_ctx);
+  }
+}
+
+}  // namespace jv4

@@ -1,0 +1,90 @@
+// Model: one GGUF embedding model with its llama.cpp context, and the whole
+// embed pipeline (tokenize, task/role prefix, batching, pooling, L2,
+// Matryoshka truncation). Plain C++; knows nothing of Python.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+struct llama_model;
+struct llama_context;
+struct llama_vocab;
+
+namespace jv4 {
+
+struct ModelOptions {
+  int n_threads = 0;     // 0: all cores
+  int max_length = 0;    // 0: 32768 capped by the trained context
+  int batch_tokens = 0;  // 0: default token budget per decode
+};
+
+// What embed() is asked for, after validation.
+struct Request {
+  std::string prefix;  // added in front of every text ("" for none)
+  int dim = 0;         // output width
+  bool truncate = true;
+};
+
+class Model {
+ public:
+  Model(const std::string& path, const ModelOptions& opts);
+  ~Model();
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  int n_embd() const { return n_embd_; }
+  int max_length() const { return max_length_; }
+  int batch_tokens() const { return batch_tokens_; }
+  int n_threads() const { return n_threads_; }
+  bool is_jina_v4() const { return jina_v4_; }
+  const std::string& task() const { return task_; }  // "" when unknown / not jina-v4
+  const std::string& pooling() const { return pooling_; }
+  const std::string& path() const { return path_; }
+  std::vector<int> dims() const;  // allowed `dim` values
+  const std::map<std::string, std::string>& info() const { return info_; }
+
+  // Validates task/role/dim (std::invalid_argument naming the allowed values).
+  // task "" and role "" mean the defaults; dim 0 means the full width.
+  Request resolve(const std::string& task, const std::string& role, int dim,
+                  bool truncate) const;
+
+  // Token ids of prefix + text, exactly as embed() feeds them (before truncation).
+  std::vector<int32_t> tokenize(const std::string& text, const std::string& prefix) const;
+
+  // Embeds texts into out[texts.size() * req.dim] (row-major, input order).
+  // `cancel` is polled between and inside decodes; when set, throws Cancelled.
+  void embed(const std::vector<std::string>& texts, const Request& req, float* out,
+             const std::atomic<bool>* cancel);
+
+ private:
+  void ensure_context(int n_ctx_needed);
+  void free_context();
+
+  std::string path_;
+  llama_model* model_ = nullptr;
+  const llama_vocab* vocab_ = nullptr;
+  llama_context* ctx_ = nullptr;
+  int ctx_size_ = 0;
+  int n_embd_ = 0;
+  int n_ctx_train_ = 0;
+  int max_length_ = 0;
+  int batch_tokens_ = 0;
+  int n_seq_max_ = 0;
+  int n_threads_ = 0;
+  bool jina_v4_ = false;
+  bool causal_ = true;
+  std::string task_;
+  std::string pooling_;  // "mean", "cls" or "last"
+  std::map<std::string, std::string> info_;
+  std::mutex mu_;  // guards ctx_ (one decode at a time)
+  // read by llama.cpp's abort callback during a decode
+  std::atomic<const std::atomic<bool>*> cancel_{nullptr};
+};
+
+// The jina-embeddings-v4 prefix for (task, role); std::invalid_argument if unknown.
+std::string jina_prefix(const std::string& task, const std::string& role);
+
+}  // namespace jv4

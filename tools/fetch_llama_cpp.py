@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""Fill vendor/llama.cpp/ from the pinned llama-cpp-python source distribution.
+
+The pin (package, version, sha256, llama.cpp commit) lives in
+vendor/llama.cpp.lock. The archive is fetched with pip by name and version,
+its sha256 is checked against the lock, and only the parts of llama.cpp that
+jv4's build, tests and benchmarks need are extracted. CMakeLists.txt runs this
+script when vendor/llama.cpp/ is missing or stale; it can also be run by hand:
+
+    python tools/fetch_llama_cpp.py            # fetch if needed
+    python tools/fetch_llama_cpp.py --force    # fetch again
+    python tools/fetch_llama_cpp.py --archive path/to/sdist.tar.gz
+
+Only the standard library is used, so it runs inside pip's isolated build
+environment too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCK = ROOT / "vendor" / "llama.cpp.lock"
+DEST = ROOT / "vendor" / "llama.cpp"
+STAMP_NAME = ".jv4-fetched"
+
+# Paths inside llama.cpp that are kept; everything else in the archive is dropped.
+KEEP_PREFIXES = (
+    "CMakeLists.txt",
+    "LICENSE",
+    "licenses/",
+    "cmake/",
+    "include/",
+    "src/",
+    "ggml/",
+    # common + third-party headers + the two tools are for the benchmarks
+    "common/",
+    "vendor/",
+    "tools/CMakeLists.txt",
+    "tools/server/",
+    "tools/llama-bench/",
+    "models/ggml-vocab-qwen2.gguf",  # also matches the .inp/.out test vectors
+)
+
+
+class FetchError(RuntimeError):
+    pass
+
+
+def read_lock(path: Path = LOCK) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise FetchError(f"{path}: malformed line {line!r}")
+        fields[key.strip()] = value.strip()
+    for key in ("package", "version", "archive", "sha256", "llama_cpp_commit"):
+        if key not in fields:
+            raise FetchError(f"{path}: missing field {key!r}")
+    return fields
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(archive: Path, expected: str) -> None:
+    actual = sha256_of(archive)
+    if actual != expected:
+        raise FetchError(
+            f"sha256 checksum mismatch for {archive}:\n"
+            f"  expected {expected} (vendor/llama.cpp.lock)\n"
+            f"  got      {actual}\n"
+            "The archive is corrupt or not the pinned release; delete it and fetch again."
+        )
+
+
+def pip_download(lock: dict[str, str], into: Path) -> Path:
+    """Download the sdist with pip, by name and version."""
+    spec = f"{lock['package']}=={lock['version']}"
+    # -I: ignore PYTHONPATH, so that inside pip's isolated build environment the
+    # interpreter's own pip is found again.
+    cmd = [
+        sys.executable, "-I", "-m", "pip", "download",
+        "--no-deps", "--no-binary", lock["package"],
+        "--disable-pip-version-check", "-d", str(into), spec,
+    ]
+    print(f"jv4: fetching {spec} with pip", file=sys.stderr, flush=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    archive = into / lock["archive"]
+    if proc.returncode != 0 or not archive.is_file():
+        raise FetchError(
+            f"pip could not download {spec} (exit {proc.returncode}).\n"
+            f"{proc.stdout[-3000:]}\n"
+            "Download it yourself and pass it with --archive "
+            "(or set JV4_LLAMA_CPP_ARCHIVE for the build)."
+        )
+    return archive
+
+
+def extract(archive: Path, lock: dict[str, str], dest: Path) -> None:
+    prefix = f"{lock['archive'].removesuffix('.tar.gz')}/vendor/llama.cpp/"
+    tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=dest.parent))
+    try:
+        kept = 0
+        with tarfile.open(archive, "r:gz") as tar:
+            members = []
+            for m in tar.getmembers():
+                if not m.name.startswith(prefix):
+                    continue
+                rel = m.name[len(prefix):]
+                if not rel or not rel.startswith(KEEP_PREFIXES):
+                    continue
+                if not (m.isfile() or m.isdir()):
+                    continue  # no links or devices from an archive
+                m.name = rel
+                members.append(m)
+                kept += m.isfile()
+            tar.extractall(tmp, members=members, filter="data")
+        if kept == 0 or not (tmp / "CMakeLists.txt").is_file():
+            raise FetchError(f"{archive} does not carry llama.cpp under {prefix}")
+        (tmp / STAMP_NAME).write_text(
+            f"{lock['package']}=={lock['version']}\nsha256={lock['sha256']}\n"
+            f"llama_cpp_commit={lock['llama_cpp_commit']}\n",
+            encoding="utf-8",
+        )
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+        print(f"jv4: extracted {kept} llama.cpp files into {dest}", file=sys.stderr)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def is_current(dest: Path, lock: dict[str, str]) -> bool:
+    stamp = dest / STAMP_NAME
+    return stamp.is_file() and f"sha256={lock['sha256']}" in stamp.read_text(encoding="utf-8")
+
+
+def fetch(*, dest: Path = DEST, archive: Path | None = None, force: bool = False,
+          lock_path: Path = LOCK) -> Path:
+    lock = read_lock(lock_path)
+    if not force and archive is None and is_current(dest, lock):
+        return dest
+    if archive is None:
+        env_archive = os.environ.get("JV4_LLAMA_CPP_ARCHIVE")
+        archive = Path(env_archive) if env_archive else None
+    if archive is None:
+        cached = dest.parent / lock["archive"]  # kept beside, ignored by git
+        if not cached.is_file():
+            with tempfile.TemporaryDirectory() as d:
+                got = pip_download(lock, Path(d))
+                verify(got, lock["sha256"])
+                shutil.copyfile(got, cached)
+        archive = cached
+    if not archive.is_file():
+        raise FetchError(f"archive not found: {archive}")
+    verify(archive, lock["sha256"])
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    extract(archive, lock, dest)
+    return dest
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--archive", type=Path, help="use this sdist instead of downloading")
+    ap.add_argument("--dest", type=Path, default=DEST)
+    ap.add_argument("--lock", type=Path, default=LOCK)
+    ap.add_argument("--force", action="store_true", help="extract again even if current")
+    args = ap.parse_args(argv)
+    try:
+        fetch(dest=args.dest, archive=args.archive, force=args.force, lock_path=args.lock)
+    except FetchError as e:
+        print(f"jv4: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
