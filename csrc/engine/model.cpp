@@ -175,13 +175,16 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
     batch_tokens_ = opts.batch_tokens > 0 ? opts.batch_tokens : kDefaultBatchTokens;
     n_threads_ = opts.n_threads > 0 ? opts.n_threads
                                     : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-    n_seq_max_ = kMaxSeqPerBatch;
+    // llama.cpp sizes its output buffer by max(n_outputs, n_seq_max) and
+    // asserts that this fits n_batch: keep n_seq_max <= batch_tokens.
+    n_seq_max_ = std::min(kMaxSeqPerBatch, batch_tokens_);
 
     ensure_context(batch_tokens_);
     causal_ = llama_get_causal_attn(ctx_);
     if (!causal_ && batch_tokens_ < max_length_) {
       // Non-causal attention needs a whole text inside one physical batch.
       batch_tokens_ = max_length_;
+      n_seq_max_ = std::min(kMaxSeqPerBatch, batch_tokens_);
       free_context();
       ensure_context(batch_tokens_);
     }
@@ -343,13 +346,16 @@ std::vector<int32_t> Model::tokenize(const std::string& text, const std::string&
   }
   const int32_t len = static_cast<int32_t>(s->size());
   std::vector<int32_t> out(static_cast<size_t>(len) + 8);
-  // add_special follows the GGUF (Qwen2: nothing added); parse_special like
-  // the reference tokenizer, which matches special-token text in its input.
+  // jina-v4's reference tokenizer adds no BOS/EOS whatever the GGUF says;
+  // other models get the special tokens their GGUF asks for. parse_special
+  // like the reference tokenizer, which matches special-token text.
+  const bool add_special = !jina_v4_;
   int32_t n = llama_tokenize(vocab_, s->data(), len, out.data(), static_cast<int32_t>(out.size()),
-                             /*add_special=*/true, /*parse_special=*/true);
+                             add_special, /*parse_special=*/true);
   if (n < 0) {
     out.resize(static_cast<size_t>(-n));
-    n = llama_tokenize(vocab_, s->data(), len, out.data(), static_cast<int32_t>(out.size()), true, true);
+    n = llama_tokenize(vocab_, s->data(), len, out.data(), static_cast<int32_t>(out.size()),
+                       add_special, true);
     if (n < 0) throw std::runtime_error("tokenization failed");
   }
   out.resize(static_cast<size_t>(n));
@@ -492,7 +498,7 @@ void Model::embed(const std::vector<std::string>& texts, const Request& req, flo
     batch.n_tokens = 0;
     size_t group_end = idx;
     int used = 0;
-    while (group_end < n && static_cast<int>(group_end - idx) < kMaxSeqPerBatch) {
+    while (group_end < n && static_cast<int>(group_end - idx) < n_seq_max_) {
       const auto& t = toks[order[group_end]];
       if (t.empty() || used + static_cast<int>(t.size()) > B) break;
       const int seq = static_cast<int>(group_end - idx);

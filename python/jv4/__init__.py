@@ -12,6 +12,7 @@ llama.cpp); this facade gives it a typed, documented Python surface.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any, Optional, Union
@@ -22,6 +23,10 @@ from . import _core
 from ._core import ModelLoadError
 
 __version__: str = _core.__version__
+
+# llama.cpp's log lines arrive on this logger (its INFO narrative as DEBUG).
+# A library adds no output of its own: configure logging to see them.
+logging.getLogger("jv4").addHandler(logging.NullHandler())
 
 __all__ = [
     "Model",

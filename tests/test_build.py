@@ -1,0 +1,131 @@
+"""The installed module: static linking, version single-sourcing, build_info,
+the pinned llama.cpp fetch and its checksum."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+import jv4
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pyproject_version() -> str:
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    return re.search(r'^version = "([^"]+)"', text, re.M).group(1)
+
+
+def _lock() -> dict:
+    out = {}
+    for line in (ROOT / "vendor" / "llama.cpp.lock").read_text().splitlines():
+        if " = " in line and not line.startswith("#"):
+            k, v = line.split(" = ", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def test_version_is_single_sourced_from_pyproject():
+    want = _pyproject_version()
+    assert jv4.__version__ == want
+    assert jv4._core.__version__ == want
+    assert jv4.build_info()["version"] == want
+    assert metadata.version("jv4") == want
+
+
+def test_build_info_reports_llama_cpp_pin_backends_and_cpu_features():
+    info = jv4.build_info()
+    lock = _lock()
+    assert info["llama_cpp"]["commit"] == lock["llama_cpp_commit"]
+    assert info["llama_cpp"]["commit"].startswith("0c1e570")
+    assert info["llama_cpp"]["source"] == f"llama-cpp-python=={lock['version']}"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", info["llama_cpp"]["version"])
+    assert "CPU" in info["backends"]
+    assert isinstance(info["cpu_features"], list)
+    # cpu_features must agree with llama.cpp's own system_info line
+    for feat in info["cpu_features"]:
+        assert f"{feat} = 1" in info["system_info"]
+
+
+def test_default_build_never_compiles_amx():
+    # ggml's AMX kernel dies with SIGILL on the build machine: never on by default
+    info = jv4.build_info()
+    if info["cpu_baseline"] != "native":
+        assert "AMX_INT8" not in info["cpu_features"]
+
+
+def test_module_links_no_llama_or_ggml_shared_library():
+    if not sys.platform.startswith("linux"):
+        pytest.skip("ldd check is Linux-only")
+    so = jv4._core.__file__
+    out = subprocess.run(["ldd", so], capture_output=True, text=True, check=True).stdout
+    assert "libllama" not in out and "libggml" not in out, out
+    pkg_dir = Path(so).parent
+    assert not [p.name for p in pkg_dir.iterdir() if re.match(r"lib(llama|ggml)", p.name)]
+
+
+def test_vendored_llama_cpp_is_not_tracked_by_git():
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    out = subprocess.run(["git", "ls-files", "vendor/llama.cpp"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ""
+
+
+def _fetch_env(archive: Path) -> dict:
+    env = dict(os.environ)
+    env["JV4_LLAMA_CPP_ARCHIVE"] = str(archive)
+    return env
+
+
+@pytest.fixture()
+def tampered_archive(tmp_path) -> Path:
+    lock = _lock()
+    real = ROOT / "vendor" / lock["archive"]
+    bad = tmp_path / lock["archive"]
+    if real.is_file():
+        data = bytearray(real.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        bad.write_bytes(bytes(data))
+    else:
+        bad.write_bytes(b"not the pinned archive")
+    return bad
+
+
+def test_fetch_script_rejects_a_tampered_archive(tmp_path, tampered_archive):
+    dest = tmp_path / "llama.cpp"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "fetch_llama_cpp.py"), "--dest", str(dest),
+         "--archive", str(tampered_archive)],
+        capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "sha256 checksum mismatch" in proc.stderr
+    assert _lock()["sha256"] in proc.stderr
+    assert not dest.exists()
+
+
+def test_cmake_configure_fails_on_a_tampered_archive_naming_the_checksum(tmp_path, tampered_archive):
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("cmake not on PATH")
+    src = tmp_path / "src"
+    (src / "vendor").mkdir(parents=True)
+    for name in ("CMakeLists.txt", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copy(ROOT / "vendor" / "llama.cpp.lock", src / "vendor")
+    shutil.copytree(ROOT / "tools", src / "tools")
+    proc = subprocess.run(
+        [cmake, "-S", str(src), "-B", str(tmp_path / "build"),
+         f"-DPython_EXECUTABLE={sys.executable}"],
+        capture_output=True, text=True, env=_fetch_env(tampered_archive))
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "sha256 checksum mismatch" in text
+    assert "checksum" in text.split("CMake Error")[-1]
