@@ -51,8 +51,45 @@ KEEP_PREFIXES = (
 )
 
 
+# Source patches applied after extraction: (path, exact text, replacement).
+# Each text must occur exactly once, or the fetch fails loudly. Keep them few
+# and explain each; they are part of the pin (a change re-extracts).
+_SKIP_LM_HEAD = (
+    '    cb(cur, "result_norm", -1);\n    res->t_embd = cur;\n',
+    '    cb(cur, "result_norm", -1);\n    res->t_embd = cur;\n'
+    '    if (cparams.embeddings) {  // jv4 patch: embeddings need no lm_head\n'
+    '        ggml_build_forward_expand(gf, cur);\n'
+    '        return;\n'
+    '    }\n',
+)
+PATCHES = (
+    # In embeddings mode llama.cpp still multiplies every output token by the
+    # lm_head (vocab 151936 x hidden) and keeps a logits buffer of
+    # n_vocab x n_outputs floats. An embedder never reads logits: skip both.
+    ("src/models/qwen2.cpp",) + _SKIP_LM_HEAD,
+    ("src/models/qwen2vl.cpp",) + _SKIP_LM_HEAD,
+    ("src/llama-context.cpp",
+     "    bool has_logits     = true;\n",
+     "    bool has_logits     = !cparams.embeddings;  // jv4 patch: no logits buffer for embedders\n"),
+)
+
+
 class FetchError(RuntimeError):
     pass
+
+
+def patches_digest() -> str:
+    return hashlib.sha256(repr(PATCHES).encode()).hexdigest()[:16]
+
+
+def apply_patches(root: Path) -> None:
+    for rel, old, new in PATCHES:
+        path = root / rel
+        text = path.read_text(encoding="utf-8")
+        if text.count(old) != 1:
+            raise FetchError(f"patch for {rel} does not apply ({text.count(old)} matches); "
+                             "the pinned llama.cpp and PATCHES in tools/fetch_llama_cpp.py disagree")
+        path.write_text(text.replace(old, new), encoding="utf-8")
 
 
 def read_lock(path: Path = LOCK) -> dict[str, str]:
@@ -135,9 +172,10 @@ def extract(archive: Path, lock: dict[str, str], dest: Path) -> None:
             tar.extractall(tmp, members=members, filter="data")
         if kept == 0 or not (tmp / "CMakeLists.txt").is_file():
             raise FetchError(f"{archive} does not carry llama.cpp under {prefix}")
+        apply_patches(tmp)
         (tmp / STAMP_NAME).write_text(
             f"{lock['package']}=={lock['version']}\nsha256={lock['sha256']}\n"
-            f"llama_cpp_commit={lock['llama_cpp_commit']}\n",
+            f"llama_cpp_commit={lock['llama_cpp_commit']}\npatches={patches_digest()}\n",
             encoding="utf-8",
         )
         if dest.exists():
@@ -151,7 +189,10 @@ def extract(archive: Path, lock: dict[str, str], dest: Path) -> None:
 
 def is_current(dest: Path, lock: dict[str, str]) -> bool:
     stamp = dest / STAMP_NAME
-    return stamp.is_file() and f"sha256={lock['sha256']}" in stamp.read_text(encoding="utf-8")
+    if not stamp.is_file():
+        return False
+    text = stamp.read_text(encoding="utf-8")
+    return f"sha256={lock['sha256']}" in text and f"patches={patches_digest()}" in text
 
 
 def fetch(*, dest: Path = DEST, archive: Path | None = None, force: bool = False,

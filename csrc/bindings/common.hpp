@@ -4,7 +4,12 @@
 #include <pybind11/pybind11.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <deque>
 #include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
 
 namespace jv4py {
 
@@ -13,11 +18,39 @@ namespace py = pybind11;
 // Sends queued llama.cpp log lines to logging.getLogger("jv4"). Needs the GIL.
 void flush_logs();
 
-// Runs `work` on a helper thread with the GIL released. Every 50 ms the
-// calling thread checks for signals; on KeyboardInterrupt it sets `cancel`,
-// waits for the work to stop and re-raises. Exceptions thrown by `work` are
-// re-thrown here, on the caller's thread. Logs are flushed either way.
-void run_blocking(const std::function<void()>& work, std::atomic<bool>& cancel);
+// A long-lived thread that runs jobs in order. One per Model: the OpenMP
+// team ggml uses belongs to the thread that computes, so reusing one thread
+// reuses one team (a fresh thread per call costs a fresh team every call).
+class Worker {
+ public:
+  struct Job {
+    std::function<void()> work;
+    std::exception_ptr error;
+    bool done = false;
+  };
+  Worker();
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+  std::shared_ptr<Job> submit(std::function<void()> work);
+  std::mutex mu;
+  std::condition_variable cv;  // signalled when a job finishes
+
+ private:
+  void loop();
+  std::deque<std::shared_ptr<Job>> queue_;
+  std::condition_variable queued_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+// Runs `work` on `worker` (or a one-off thread when null) with the GIL
+// released. Every 50 ms the calling thread checks for signals; on
+// KeyboardInterrupt it sets `cancel`, waits for the work to stop and
+// re-raises. Exceptions thrown by `work` are re-thrown here, on the caller's
+// thread. Logs are flushed either way.
+void run_blocking(const std::function<void()>& work, std::atomic<bool>& cancel,
+                  Worker* worker = nullptr);
 
 void register_info(py::module_& m);
 void register_model(py::module_& m);

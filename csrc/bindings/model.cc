@@ -46,44 +46,58 @@ std::vector<std::string> collect_texts(py::handle texts) {
   return out;
 }
 
+// The engine model plus the thread that runs its work.
+struct PyModel {
+  std::unique_ptr<jv4::Model> model;
+  std::unique_ptr<Worker> worker = std::make_unique<Worker>();
+  ~PyModel() {
+    // join the worker before the model goes: no job may outlive it
+    py::gil_scoped_release release;
+    worker.reset();
+    model.reset();
+  }
+};
+
 }  // namespace
 
 void register_model(py::module_& m) {
-  py::class_<jv4::Model>(m, "Model")
+  using M = PyModel;
+  py::class_<M>(m, "Model")
       .def(py::init([](const std::string& path, int n_threads, int max_length, int batch_tokens) {
              jv4::ModelOptions opts{n_threads, max_length, batch_tokens};
-             std::unique_ptr<jv4::Model> model;
+             auto self = std::make_unique<M>();
              std::atomic<bool> cancel{false};
-             run_blocking([&] { model = std::make_unique<jv4::Model>(path, opts); }, cancel);
-             return model;
+             run_blocking([&] { self->model = std::make_unique<jv4::Model>(path, opts); }, cancel,
+                          self->worker.get());
+             return self;
            }),
            py::arg("path"), py::arg("n_threads") = 0, py::arg("max_length") = 0,
            py::arg("batch_tokens") = 0)
-      .def_property_readonly("n_embd", &jv4::Model::n_embd)
-      .def_property_readonly("task", [](const jv4::Model& self) -> py::object {
-        if (self.task().empty()) return py::none();
-        return py::str(self.task());
+      .def_property_readonly("n_embd", [](const M& s) { return s.model->n_embd(); })
+      .def_property_readonly("task", [](const M& s) -> py::object {
+        if (s.model->task().empty()) return py::none();
+        return py::str(s.model->task());
       })
-      .def_property_readonly("is_jina_v4", &jv4::Model::is_jina_v4)
-      .def_property_readonly("pooling", &jv4::Model::pooling)
-      .def_property_readonly("max_length", &jv4::Model::max_length)
-      .def_property_readonly("batch_tokens", &jv4::Model::batch_tokens)
-      .def_property_readonly("n_threads", &jv4::Model::n_threads)
-      .def_property_readonly("path", &jv4::Model::path)
-      .def_property_readonly("dims", &jv4::Model::dims)
-      .def_property_readonly("info", &jv4::Model::info)
+      .def_property_readonly("is_jina_v4", [](const M& s) { return s.model->is_jina_v4(); })
+      .def_property_readonly("pooling", [](const M& s) { return s.model->pooling(); })
+      .def_property_readonly("max_length", [](const M& s) { return s.model->max_length(); })
+      .def_property_readonly("batch_tokens", [](const M& s) { return s.model->batch_tokens(); })
+      .def_property_readonly("n_threads", [](const M& s) { return s.model->n_threads(); })
+      .def_property_readonly("path", [](const M& s) { return s.model->path(); })
+      .def_property_readonly("dims", [](const M& s) { return s.model->dims(); })
+      .def_property_readonly("info", [](const M& s) { return s.model->info(); })
       .def("tokenize",
-           [](const jv4::Model& self, py::handle text, const std::string& task,
-              const std::string& role, bool add_prefix) {
+           [](const M& s, py::handle text, const std::string& task, const std::string& role,
+              bool add_prefix) {
              if (!PyUnicode_Check(text.ptr())) {
                throw jv4::TypeErrorAt("text must be str, got " + type_name(text.ptr()));
              }
              std::vector<std::string> one = collect_texts(py::make_tuple(text));
-             jv4::Request req = self.resolve(task, role, 0, true);
+             jv4::Request req = s.model->resolve(task, role, 0, true);
              std::vector<int32_t> ids;
              {
                py::gil_scoped_release release;
-               ids = self.tokenize(one[0], add_prefix ? req.prefix : std::string());
+               ids = s.model->tokenize(one[0], add_prefix ? req.prefix : std::string());
              }
              py::array_t<int32_t> arr(static_cast<py::ssize_t>(ids.size()));
              std::copy(ids.begin(), ids.end(), arr.mutable_data());
@@ -92,9 +106,9 @@ void register_model(py::module_& m) {
            py::arg("text"), py::arg("task") = "", py::arg("role") = "query",
            py::arg("add_prefix") = true)
       .def("embed",
-           [](jv4::Model& self, py::handle texts, const std::string& task, const std::string& role,
-              int dim, bool truncate) {
-             jv4::Request req = self.resolve(task, role, dim, truncate);
+           [](M& s, py::handle texts, const std::string& task, const std::string& role, int dim,
+              bool truncate) {
+             jv4::Request req = s.model->resolve(task, role, dim, truncate);
              const bool single = PyUnicode_Check(texts.ptr());
              std::vector<std::string> items =
                  single ? collect_texts(py::make_tuple(texts)) : collect_texts(texts);
@@ -105,7 +119,8 @@ void register_model(py::module_& m) {
                                               static_cast<py::ssize_t>(req.dim)});
              float* data = out.mutable_data();
              std::atomic<bool> cancel{false};
-             run_blocking([&] { self.embed(items, req, data, &cancel); }, cancel);
+             jv4::Model* model = s.model.get();
+             run_blocking([&] { model->embed(items, req, data, &cancel); }, cancel, s.worker.get());
              return out;
            },
            py::arg("texts"), py::arg("task") = "", py::arg("role") = "query", py::arg("dim") = 0,

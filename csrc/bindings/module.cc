@@ -32,28 +32,62 @@ void flush_logs() {
   PyErr_Restore(type, value, tb);
 }
 
-void run_blocking(const std::function<void()>& work, std::atomic<bool>& cancel) {
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;
-  std::exception_ptr error;
+Worker::Worker() : thread_([this] { loop(); }) {}
+
+Worker::~Worker() {
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    stop_ = true;
+  }
+  queued_.notify_all();
+  thread_.join();
+}
+
+std::shared_ptr<Worker::Job> Worker::submit(std::function<void()> work) {
+  auto job = std::make_shared<Job>();
+  job->work = std::move(work);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    queue_.push_back(job);
+  }
+  queued_.notify_one();
+  return job;
+}
+
+void Worker::loop() {
+  std::unique_lock<std::mutex> lock(mu);
+  for (;;) {
+    queued_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+    if (queue_.empty()) return;  // stop requested and nothing left
+    auto job = queue_.front();
+    queue_.pop_front();
+    lock.unlock();
+    try {
+      job->work();
+    } catch (...) {
+      job->error = std::current_exception();
+    }
+    lock.lock();
+    job->done = true;
+    cv.notify_all();
+  }
+}
+
+void run_blocking(const std::function<void()>& work, std::atomic<bool>& cancel, Worker* worker) {
   std::optional<py::error_already_set> interrupt;
+  std::exception_ptr error;
+  std::unique_ptr<Worker> own;
   {
     py::gil_scoped_release release;
-    std::thread worker([&] {
-      try {
-        work();
-      } catch (...) {
-        error = std::current_exception();
-      }
-      std::lock_guard<std::mutex> lock(mu);
-      done = true;
-      cv.notify_all();
-    });
-    std::unique_lock<std::mutex> lock(mu);
-    while (!done) {
-      cv.wait_for(lock, std::chrono::milliseconds(50));
-      if (done || interrupt) continue;
+    if (worker == nullptr) {
+      own = std::make_unique<Worker>();
+      worker = own.get();
+    }
+    auto job = worker->submit(work);
+    std::unique_lock<std::mutex> lock(worker->mu);
+    while (!job->done) {
+      worker->cv.wait_for(lock, std::chrono::milliseconds(50));
+      if (job->done || interrupt) continue;
       lock.unlock();
       {
         py::gil_scoped_acquire gil;
@@ -65,7 +99,8 @@ void run_blocking(const std::function<void()>& work, std::atomic<bool>& cancel) 
       lock.lock();
     }
     lock.unlock();
-    worker.join();
+    error = job->error;
+    own.reset();
   }
   flush_logs();
   if (interrupt) throw *interrupt;
