@@ -146,9 +146,10 @@ _GGUF_NAMES = {
 
 def write_gguf(path: Path, weights: dict[str, np.ndarray], shape: Shape, vocab: Vocab, *,
                arch: str = "qwen2", name: str = "jina-embeddings-v4-text-retrieval",
-               dtype: str = "F32") -> Path:
+               dtype: str = "F32", pooling: int | None = None) -> Path:
     """Write the weights as a GGUF of `arch` ("qwen2" or "qwen2vl").
-    dtype "F32" or "F16" for the matrices (norms and biases stay F32)."""
+    dtype "F32" or "F16" for the matrices (norms and biases stay F32);
+    pooling: an `<arch>.pooling_type` to record (1 mean, 2 cls, 3 last)."""
     import gguf
 
     path = Path(path)
@@ -163,6 +164,8 @@ def write_gguf(path: Path, weights: dict[str, np.ndarray], shape: Shape, vocab: 
     w.add_rope_freq_base(shape.rope_theta)
     w.add_layer_norm_rms_eps(shape.eps)
     w.add_file_type(0 if dtype == "F32" else 1)
+    if pooling is not None:
+        w.add_pooling_type(gguf.PoolingType(pooling))
     if arch == "qwen2vl":
         # M-RoPE sections over head_dim/2 rotary pairs, jina-v4 proportions [16, 24, 24]
         half = shape.head_dim // 2

@@ -129,3 +129,24 @@ def test_cmake_configure_fails_on_a_tampered_archive_naming_the_checksum(tmp_pat
     text = proc.stdout + proc.stderr
     assert "sha256 checksum mismatch" in text
     assert "checksum" in text.split("CMake Error")[-1]
+
+
+def test_cuda_switch_reaches_ggml(tmp_path):
+    # Proving the CUDA build is a later issue; here the switch must reach ggml.
+    cmake = shutil.which("cmake")
+    if cmake is None or shutil.which("nvcc") is None:
+        pytest.skip("cmake or nvcc not available")
+    pybind11 = pytest.importorskip("pybind11")
+    build = tmp_path / "b"
+    proc = subprocess.run([cmake, "-S", str(ROOT), "-B", str(build), "-DJV4_CUDA=ON",
+                           f"-DPython_EXECUTABLE={sys.executable}",
+                           f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+                           "-DCMAKE_CUDA_ARCHITECTURES=90"],
+                          capture_output=True, text=True)
+    cache = (build / "CMakeCache.txt").read_text() if (build / "CMakeCache.txt").exists() else ""
+    assert "GGML_CUDA:BOOL=ON" in cache, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # ggml's CUDA backend was configured: it either generates, or (on a machine
+    # with nvcc but without the CUDA libraries) stops at linking cuBLAS.
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0 or ('"ggml-cuda" links to' in text and "CUDA::cublas" in text), \
+        text[-3000:]

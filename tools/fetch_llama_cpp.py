@@ -47,6 +47,8 @@ KEEP_PREFIXES = (
     "tools/CMakeLists.txt",
     "tools/server/",
     "tools/llama-bench/",
+    "tools/mtmd/",  # llama-server links it
+    "tools/ui/",    # llama-server links it (built without web assets)
     "models/ggml-vocab-qwen2.gguf",  # also matches the .inp/.out test vectors
 )
 
@@ -79,7 +81,8 @@ class FetchError(RuntimeError):
 
 
 def patches_digest() -> str:
-    return hashlib.sha256(repr(PATCHES).encode()).hexdigest()[:16]
+    # what is kept is part of the extraction too
+    return hashlib.sha256(repr((PATCHES, KEEP_PREFIXES)).encode()).hexdigest()[:16]
 
 
 def apply_patches(root: Path) -> None:
