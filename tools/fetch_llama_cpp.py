@@ -49,6 +49,7 @@ KEEP_PREFIXES = (
     "tools/llama-bench/",
     "tools/mtmd/",  # llama-server links it
     "tools/ui/",    # llama-server links it (built without web assets)
+    "scripts/ui-assets.cmake",
     "models/ggml-vocab-qwen2.gguf",  # also matches the .inp/.out test vectors
 )
 
