@@ -3,7 +3,8 @@ same CPU instruction sets as the installed jv4 (read from build_info), into
 build/llama-tools/bin. Same tree, same patches, same flags: the comparison
 measures batching and overhead, not compilers.
 
-    python bench/build_tools.py
+    python bench/build_tools.py             # from vendor/llama.cpp (jv4's patches applied)
+    python bench/build_tools.py --upstream  # llama.cpp as released, into build/llama-tools-upstream
 """
 
 from __future__ import annotations
@@ -23,18 +24,23 @@ ISA = ["SSE42", "AVX", "AVX2", "FMA", "F16C", "BMI2", "AVX_VNNI", "AVX512", "AVX
 
 
 def main() -> int:
+    # --upstream: llama.cpp exactly as released (no jv4 patches), for peers as users get them
+    upstream = "--upstream" in sys.argv[1:]
+    llama_dir = ROOT / "build" / "llama.cpp-upstream" if upstream else ROOT / "vendor" / "llama.cpp"
+    build = BUILD.with_name("llama-tools-upstream") if upstream else BUILD
     feats = set(jv4.build_info()["cpu_features"])
     if "AVX" in feats:
         feats.add("SSE42")
     defs = [f"-DGGML_{o}={'ON' if o in feats else 'OFF'}" for o in ISA]
-    subprocess.run([sys.executable, str(ROOT / "tools" / "fetch_llama_cpp.py")], check=True)
-    cmd = ["cmake", "-S", str(ROOT / "bench" / "tools"), "-B", str(BUILD), "-G", "Ninja",
-           "-DCMAKE_BUILD_TYPE=Release"] + defs
+    fetch = [sys.executable, str(ROOT / "tools" / "fetch_llama_cpp.py"), "--dest", str(llama_dir)]
+    subprocess.run(fetch + (["--no-patches"] if upstream else []), check=True)
+    cmd = ["cmake", "-S", str(ROOT / "bench" / "tools"), "-B", str(build), "-G", "Ninja",
+           "-DCMAKE_BUILD_TYPE=Release", f"-DLLAMA_DIR={llama_dir}"] + defs
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
-    subprocess.run(["cmake", "--build", str(BUILD), "--target", "llama-bench", "llama-server",
+    subprocess.run(["cmake", "--build", str(build), "--target", "llama-bench", "llama-server",
                     "-j", str(os.cpu_count())], check=True)
-    print(f"built into {BUILD / 'bin'}")
+    print(f"built into {build / 'bin'}")
     return 0
 
 

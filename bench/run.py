@@ -3,7 +3,9 @@
 In one run, on the same GGUF, corpus and thread count, it measures:
   jv4                 Model.embed over the whole corpus (role="passage")
   raw forward         llama-bench pp128 / pp512 built from the vendored tree (the ceiling)
-  llama-server        /v1/embeddings on loopback, 32 texts a request
+  llama-server        /v1/embeddings on loopback, 32 texts a request; built from the
+                      vendored tree (jv4's lm_head patch included) and, as
+                      llama-server-upstream, from the same commit unpatched
   llama-cpp-python    Llama(embedding=True).embed, 32 texts a call
   transformers        Qwen2Model fp32 and bf16, length-sorted batches of 32
 Every engine runs in its own child process (so peak RSS is its own) and the
@@ -15,7 +17,7 @@ engines alternate round by round so that machine drift cancels.
 Models are generated (random weights, real Qwen2 tokenizer) under bench/models/;
 results go to bench/results/<name>.json and are printed as a table.
 Optional engines are skipped with a note when their tool is missing: build
-llama-bench/llama-server with bench/build_tools.sh, install
+llama-bench/llama-server with bench/build_tools.py (--upstream too), install
 llama-cpp-python==0.3.36 for that column.
 """
 
@@ -24,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import signal
 import statistics
 import subprocess
@@ -38,7 +39,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(HERE))
 
-TOOLS = ROOT / "build" / "llama-tools" / "bin"
+TOOLS = ROOT / "build" / "llama-tools" / "bin"                 # jv4's patched tree
+UPSTREAM_TOOLS = ROOT / "build" / "llama-tools-upstream" / "bin"  # as released
 PREFIX = "Passage: "
 CLIENT_BATCH = 32
 
@@ -72,13 +74,15 @@ def make_model(shape_name: str, dtype: str) -> tuple[Path, Path]:
 
 # ------------------------------------------------------------------ children
 def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork+exec, so a child
+    # would report its parent's peak (here: quantizing or loading the model).
+    return _proc_hwm_mib(os.getpid())
 
 
 def child_jv4(a, texts):
     import jv4
 
-    m = jv4.Model(a.model, n_threads=a.threads, batch_tokens=a.batch_tokens)
+    m = jv4.Model(a.model, n_threads=a.threads, batch_tokens=a.batch_tokens or None)
     m.embed(texts[:8], role="passage")  # warm-up
     t = time.perf_counter()
     m.embed(texts, role="passage")
@@ -144,8 +148,7 @@ def _proc_hwm_mib(pid: int) -> float:
     return float("nan")
 
 
-def child_llama_server(a, texts):
-    exe = TOOLS / "llama-server"
+def child_llama_server(a, texts, exe=TOOLS / "llama-server"):
     port = 18000 + os.getpid() % 1000
     proc = subprocess.Popen(
         [str(exe), "-m", a.model, "--embeddings", "--pooling", "mean", "-t", str(a.threads),
@@ -188,6 +191,7 @@ def child_llama_server(a, texts):
 CHILDREN = {
     "jv4": child_jv4,
     "llama-server": child_llama_server,
+    "llama-server-upstream": lambda a, t: child_llama_server(a, t, UPSTREAM_TOOLS / "llama-server"),
     "llama-cpp-python": child_llama_cpp_python,
     "transformers-fp32": lambda a, t: child_transformers(a, t, "fp32"),
     "transformers-bf16": lambda a, t: child_transformers(a, t, "bf16"),
@@ -215,9 +219,9 @@ def raw_forward(model: Path, threads: int) -> dict:
 def available(engine: str) -> str | None:
     """None if the engine can run here, else why not."""
     if engine == "llama-server" and not (TOOLS / "llama-server").exists():
-        return "llama-server not built (bench/build_tools.sh)"
+        return "llama-server not built (bench/build_tools.py)"
     if engine == "raw" and not (TOOLS / "llama-bench").exists():
-        return "llama-bench not built (bench/build_tools.sh)"
+        return "llama-bench not built (bench/build_tools.py)"
     if engine == "llama-cpp-python":
         try:
             import importlib.util
@@ -251,7 +255,7 @@ def main() -> int:
     ap.add_argument("--engines", default="jv4,raw,llama-server,llama-cpp-python,"
                                          "transformers-fp32,transformers-bf16")
     ap.add_argument("--sweep", action="store_true", help="also fixed lengths 16/128/512/2048")
-    ap.add_argument("--batch-tokens", type=int, default=0)
+    ap.add_argument("--batch-tokens", type=int, default=0, help="jv4 batch_tokens (0: default)")
     ap.add_argument("--name", default=None, help="results file name")
     # child mode
     ap.add_argument("--child")
@@ -273,7 +277,7 @@ def main() -> int:
     workloads = {"corpus": (texts, n_tokens)}
     if a.sweep:
         for L in (16, 128, 512, 2048):
-            count = max(4, 8192 // L)
+            count = max(2, 4096 // L)
             tx = fixed_length(lambda s: m.tokenize(s, role="passage").tolist(), L, count)
             workloads[f"len{L}"] = (tx, L * count)
     del m

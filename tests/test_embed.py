@@ -17,7 +17,7 @@ PREFIX = {
     ("code", "query"): "Query: ",
     ("code", "passage"): "Passage: ",
 }
-THRESHOLD = {"F32": 0.99999, "F16": 0.9999, "Q8_0": 0.999}
+THRESHOLD = {"F32": 0.99999, "F16": 0.9999, "BF16": 0.999, "Q8_0": 0.999}
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "qwen2vl"])
@@ -35,7 +35,7 @@ def test_f32_matches_reference_for_every_task_role_and_dim(load, reference, arch
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "qwen2vl"])
-@pytest.mark.parametrize("dtype", ["F16", "Q8_0"])
+@pytest.mark.parametrize("dtype", ["F16", "BF16", "Q8_0"])
 @pytest.mark.parametrize("role", ["query", "passage"])
 @pytest.mark.parametrize("dim", [None, 128])
 def test_lower_precision_stays_close_to_reference(load, reference, arch, dtype, role, dim):

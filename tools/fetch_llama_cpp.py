@@ -81,13 +81,13 @@ class FetchError(RuntimeError):
     pass
 
 
-def patches_digest() -> str:
+def patches_digest(patched: bool = True) -> str:
     # what is kept is part of the extraction too
-    return hashlib.sha256(repr((PATCHES, KEEP_PREFIXES)).encode()).hexdigest()[:16]
+    return hashlib.sha256(repr((PATCHES if patched else (), KEEP_PREFIXES)).encode()).hexdigest()[:16]
 
 
-def apply_patches(root: Path) -> None:
-    for rel, old, new in PATCHES:
+def apply_patches(root: Path, patched: bool = True) -> None:
+    for rel, old, new in (PATCHES if patched else ()):
         path = root / rel
         text = path.read_text(encoding="utf-8")
         if text.count(old) != 1:
@@ -155,7 +155,7 @@ def pip_download(lock: dict[str, str], into: Path) -> Path:
     return archive
 
 
-def extract(archive: Path, lock: dict[str, str], dest: Path) -> None:
+def extract(archive: Path, lock: dict[str, str], dest: Path, patched: bool = True) -> None:
     prefix = f"{lock['archive'].removesuffix('.tar.gz')}/vendor/llama.cpp/"
     tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=dest.parent))
     try:
@@ -176,10 +176,10 @@ def extract(archive: Path, lock: dict[str, str], dest: Path) -> None:
             tar.extractall(tmp, members=members, filter="data")
         if kept == 0 or not (tmp / "CMakeLists.txt").is_file():
             raise FetchError(f"{archive} does not carry llama.cpp under {prefix}")
-        apply_patches(tmp)
+        apply_patches(tmp, patched)
         (tmp / STAMP_NAME).write_text(
             f"{lock['package']}=={lock['version']}\nsha256={lock['sha256']}\n"
-            f"llama_cpp_commit={lock['llama_cpp_commit']}\npatches={patches_digest()}\n",
+            f"llama_cpp_commit={lock['llama_cpp_commit']}\npatches={patches_digest(patched)}\n",
             encoding="utf-8",
         )
         if dest.exists():
@@ -191,24 +191,24 @@ def extract(archive: Path, lock: dict[str, str], dest: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def is_current(dest: Path, lock: dict[str, str]) -> bool:
+def is_current(dest: Path, lock: dict[str, str], patched: bool = True) -> bool:
     stamp = dest / STAMP_NAME
     if not stamp.is_file():
         return False
     text = stamp.read_text(encoding="utf-8")
-    return f"sha256={lock['sha256']}" in text and f"patches={patches_digest()}" in text
+    return f"sha256={lock['sha256']}" in text and f"patches={patches_digest(patched)}" in text
 
 
 def fetch(*, dest: Path = DEST, archive: Path | None = None, force: bool = False,
-          lock_path: Path = LOCK) -> Path:
+          lock_path: Path = LOCK, patched: bool = True) -> Path:
     lock = read_lock(lock_path)
-    if not force and archive is None and is_current(dest, lock):
+    if not force and archive is None and is_current(dest, lock, patched):
         return dest
     if archive is None:
         env_archive = os.environ.get("JV4_LLAMA_CPP_ARCHIVE")
         archive = Path(env_archive) if env_archive else None
     if archive is None:
-        cached = dest.parent / lock["archive"]  # kept beside, ignored by git
+        cached = DEST.parent / lock["archive"]  # kept in vendor/, ignored by git
         if not cached.is_file():
             with tempfile.TemporaryDirectory() as d:
                 got = pip_download(lock, Path(d))
@@ -219,7 +219,7 @@ def fetch(*, dest: Path = DEST, archive: Path | None = None, force: bool = False
         raise FetchError(f"archive not found: {archive}")
     verify(archive, lock["sha256"])
     dest.parent.mkdir(parents=True, exist_ok=True)
-    extract(archive, lock, dest)
+    extract(archive, lock, dest, patched)
     return dest
 
 
@@ -229,9 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dest", type=Path, default=DEST)
     ap.add_argument("--lock", type=Path, default=LOCK)
     ap.add_argument("--force", action="store_true", help="extract again even if current")
+    ap.add_argument("--no-patches", action="store_true",
+                    help="upstream sources as released (for benchmarking peers), not for jv4")
     args = ap.parse_args(argv)
     try:
-        fetch(dest=args.dest, archive=args.archive, force=args.force, lock_path=args.lock)
+        fetch(dest=args.dest, archive=args.archive, force=args.force, lock_path=args.lock,
+              patched=not args.no_patches)
     except FetchError as e:
         print(f"jv4: error: {e}", file=sys.stderr)
         return 1
