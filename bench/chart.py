@@ -25,9 +25,11 @@ def main(src: str, dst: str) -> int:
         ys = [s["results"][w].get(e, {}).get("tok_s", 0) for w in workloads]
         ax.bar(xs, ys, width, label=e)
     if s.get("raw_forward"):
-        for k, v in s["raw_forward"].items():
+        raw = s["raw_forward"]
+        for v in raw.values():
             ax.axhline(v, linestyle="--", linewidth=1, color="gray")
-            ax.text(len(workloads) - 0.4, v, f"raw forward {k}", fontsize=8, va="bottom", ha="right")
+        label = "raw forward " + ", ".join(f"{k} {v:.0f}" for k, v in raw.items())
+        ax.text(len(workloads) - 0.4, max(raw.values()), label, fontsize=8, va="bottom", ha="right")
     ax.set_xticks([j + width * (len(engines) - 1) / 2 for j in range(len(workloads))])
     ax.set_xticklabels([f"{w}\n({s['workloads'][w]['tokens']} tok)" for w in workloads])
     ax.set_ylabel("tokens / s")
