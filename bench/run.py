@@ -52,7 +52,7 @@ def make_model(shape_name: str, dtype: str) -> tuple[Path, Path]:
 
     import modelgen as mg
 
-    shape = {"mini": mg.MINI, "v4": mg.V4, "tiny": mg.TINY}[shape_name]
+    shape = mg.SHAPES[shape_name]
     mdir = HERE / "models"
     mdir.mkdir(exist_ok=True)
     base = mdir / f"jina-embeddings-v4-text-retrieval-{shape_name}"
@@ -104,12 +104,11 @@ def child_llama_cpp_python(a, texts):
 def child_transformers(a, texts, dtype):
     import numpy as np
     import torch
-    from transformers import AutoTokenizer  # noqa: F401 - import cost outside timing
 
     import modelgen as mg
 
     torch.set_num_threads(a.threads)
-    shape = {"mini": mg.MINI, "v4": mg.V4, "tiny": mg.TINY}[a.shape]
+    shape = mg.SHAPES[a.shape]
     w = dict(np.load(a.npz))
     vocab = mg.Vocab()
     model = mg.reference_model(w, shape, vocab.size)

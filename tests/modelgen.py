@@ -46,6 +46,7 @@ TINY = Shape()
 # the "mini" benchmark shape and the real jina-embeddings-v4 text shape
 MINI = Shape(hidden=1024, layers=8, heads=8, kv_heads=2, ffn=2816, ctx=32768)
 V4 = Shape(hidden=2048, layers=36, heads=16, kv_heads=2, ffn=11008, ctx=128000)
+SHAPES = {"tiny": TINY, "mini": MINI, "v4": V4}
 
 
 class Vocab:
@@ -58,7 +59,7 @@ class Vocab:
 
         def arr(key):
             f = r.fields[key]
-            return [f.contents(i) if False else _field_item(f, i) for i in range(len(f.data))]
+            return [_field_item(f, i) for i in range(len(f.data))]
 
         self.tokens: list[str] = arr("tokenizer.ggml.tokens")
         self.token_type: list[int] = [int(x) for x in arr("tokenizer.ggml.token_type")]
@@ -220,16 +221,19 @@ def reference_model(weights: dict[str, np.ndarray], shape: Shape, n_vocab: int):
     return model
 
 
-def reference_embed(model, ids_list: list[list[int]], dim: int | None = None) -> np.ndarray:
+def reference_embed(model, ids_list: list[list[int]], dim: int | None = None,
+                    pooling: str = "mean") -> np.ndarray:
     """The jina-v4 reference pooling: mean over all tokens of the last hidden
-    state, L2-normalise; with `dim`, slice and L2-normalise again."""
+    state, L2-normalise; with `dim`, slice and L2-normalise again.
+    pooling="last" takes the last token's state instead (other GGUF models)."""
     import torch
 
     out = []
     with torch.no_grad():
         for ids in ids_list:
             hs = model(input_ids=torch.tensor([ids], dtype=torch.long)).last_hidden_state[0]
-            v = torch.nn.functional.normalize(hs.double().mean(0), dim=-1)
+            pooled = hs.double()[-1] if pooling == "last" else hs.double().mean(0)
+            v = torch.nn.functional.normalize(pooled, dim=-1)
             if dim is not None:
                 v = torch.nn.functional.normalize(v[:dim], dim=-1)
             out.append(v.numpy())

@@ -11,11 +11,14 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import cmake  # the PyPI package (test extra): a CMake binary is always at hand
+import pybind11
 import pytest
 
 import jv4
 
 ROOT = Path(__file__).resolve().parent.parent
+CMAKE = str(Path(cmake.CMAKE_BIN_DIR) / "cmake")
 
 
 def _pyproject_version() -> str:
@@ -63,7 +66,7 @@ def test_default_build_never_compiles_amx():
 
 def test_module_links_no_llama_or_ggml_shared_library():
     if not sys.platform.startswith("linux"):
-        pytest.skip("ldd check is Linux-only")
+        pytest.skip(f"needs ldd and ELF modules (Linux); this platform is {sys.platform}")
     so = jv4._core.__file__
     out = subprocess.run(["ldd", so], capture_output=True, text=True, check=True).stdout
     assert "libllama" not in out and "libggml" not in out, out
@@ -73,7 +76,7 @@ def test_module_links_no_llama_or_ggml_shared_library():
 
 def test_vendored_llama_cpp_is_not_tracked_by_git():
     if not (ROOT / ".git").exists():
-        pytest.skip("not a git checkout")
+        pytest.skip(f"needs a git checkout to ask git; {ROOT} has no .git (sdist?)")
     out = subprocess.run(["git", "ls-files", "vendor/llama.cpp"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == ""
@@ -112,9 +115,6 @@ def test_fetch_script_rejects_a_tampered_archive(tmp_path, tampered_archive):
 
 
 def test_cmake_configure_fails_on_a_tampered_archive_naming_the_checksum(tmp_path, tampered_archive):
-    cmake = shutil.which("cmake")
-    if cmake is None:
-        pytest.skip("cmake not on PATH")
     src = tmp_path / "src"
     (src / "vendor").mkdir(parents=True)
     for name in ("CMakeLists.txt", "pyproject.toml", "README.md"):
@@ -122,7 +122,7 @@ def test_cmake_configure_fails_on_a_tampered_archive_naming_the_checksum(tmp_pat
     shutil.copy(ROOT / "vendor" / "llama.cpp.lock", src / "vendor")
     shutil.copytree(ROOT / "tools", src / "tools")
     proc = subprocess.run(
-        [cmake, "-S", str(src), "-B", str(tmp_path / "build"),
+        [CMAKE, "-S", str(src), "-B", str(tmp_path / "build"),
          f"-DPython_EXECUTABLE={sys.executable}"],
         capture_output=True, text=True, env=_fetch_env(tampered_archive))
     assert proc.returncode != 0
@@ -133,12 +133,10 @@ def test_cmake_configure_fails_on_a_tampered_archive_naming_the_checksum(tmp_pat
 
 def test_cuda_switch_reaches_ggml(tmp_path):
     # Proving the CUDA build is a later issue; here the switch must reach ggml.
-    cmake = shutil.which("cmake")
-    if cmake is None or shutil.which("nvcc") is None:
-        pytest.skip("cmake or nvcc not available")
-    pybind11 = pytest.importorskip("pybind11")
+    if shutil.which("nvcc") is None:
+        pytest.skip("needs nvcc (the CUDA toolkit) on PATH to configure ggml's CUDA backend")
     build = tmp_path / "b"
-    proc = subprocess.run([cmake, "-S", str(ROOT), "-B", str(build), "-DJV4_CUDA=ON",
+    proc = subprocess.run([CMAKE, "-S", str(ROOT), "-B", str(build), "-DJV4_CUDA=ON",
                            f"-DPython_EXECUTABLE={sys.executable}",
                            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
                            "-DCMAKE_CUDA_ARCHITECTURES=90"],

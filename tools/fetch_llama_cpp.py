@@ -81,13 +81,13 @@ class FetchError(RuntimeError):
     pass
 
 
-def patches_digest(patched: bool = True) -> str:
-    # what is kept is part of the extraction too
-    return hashlib.sha256(repr((PATCHES if patched else (), KEEP_PREFIXES)).encode()).hexdigest()[:16]
+def extraction_digest(patches: tuple) -> str:
+    """Identifies what an extraction holds: the patches and the kept paths."""
+    return hashlib.sha256(repr((patches, KEEP_PREFIXES)).encode()).hexdigest()[:16]
 
 
-def apply_patches(root: Path, patched: bool = True) -> None:
-    for rel, old, new in (PATCHES if patched else ()):
+def apply_patches(root: Path, patches: tuple) -> None:
+    for rel, old, new in patches:
         path = root / rel
         text = path.read_text(encoding="utf-8")
         if text.count(old) != 1:
@@ -155,7 +155,7 @@ def pip_download(lock: dict[str, str], into: Path) -> Path:
     return archive
 
 
-def extract(archive: Path, lock: dict[str, str], dest: Path, patched: bool = True) -> None:
+def extract(archive: Path, lock: dict[str, str], dest: Path, patches: tuple) -> None:
     prefix = f"{lock['archive'].removesuffix('.tar.gz')}/vendor/llama.cpp/"
     tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=dest.parent))
     try:
@@ -173,13 +173,19 @@ def extract(archive: Path, lock: dict[str, str], dest: Path, patched: bool = Tru
                 m.name = rel
                 members.append(m)
                 kept += m.isfile()
-            tar.extractall(tmp, members=members, filter="data")
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(tmp, members=members, filter="data")
+            else:  # Python without extraction filters (< 3.9.17): check names ourselves
+                for m in members:
+                    if m.name.startswith("/") or ".." in Path(m.name).parts:
+                        raise FetchError(f"{archive}: unsafe member name {m.name!r}")
+                tar.extractall(tmp, members=members)
         if kept == 0 or not (tmp / "CMakeLists.txt").is_file():
             raise FetchError(f"{archive} does not carry llama.cpp under {prefix}")
-        apply_patches(tmp, patched)
+        apply_patches(tmp, patches)
         (tmp / STAMP_NAME).write_text(
             f"{lock['package']}=={lock['version']}\nsha256={lock['sha256']}\n"
-            f"llama_cpp_commit={lock['llama_cpp_commit']}\npatches={patches_digest(patched)}\n",
+            f"llama_cpp_commit={lock['llama_cpp_commit']}\npatches={extraction_digest(patches)}\n",
             encoding="utf-8",
         )
         if dest.exists():
@@ -191,18 +197,19 @@ def extract(archive: Path, lock: dict[str, str], dest: Path, patched: bool = Tru
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def is_current(dest: Path, lock: dict[str, str], patched: bool = True) -> bool:
+def is_current(dest: Path, lock: dict[str, str], patches: tuple) -> bool:
     stamp = dest / STAMP_NAME
     if not stamp.is_file():
         return False
     text = stamp.read_text(encoding="utf-8")
-    return f"sha256={lock['sha256']}" in text and f"patches={patches_digest(patched)}" in text
+    return f"sha256={lock['sha256']}" in text and f"patches={extraction_digest(patches)}" in text
 
 
 def fetch(*, dest: Path = DEST, archive: Path | None = None, force: bool = False,
           lock_path: Path = LOCK, patched: bool = True) -> Path:
     lock = read_lock(lock_path)
-    if not force and archive is None and is_current(dest, lock, patched):
+    patches = PATCHES if patched else ()
+    if not force and archive is None and is_current(dest, lock, patches):
         return dest
     if archive is None:
         env_archive = os.environ.get("JV4_LLAMA_CPP_ARCHIVE")
@@ -219,7 +226,7 @@ def fetch(*, dest: Path = DEST, archive: Path | None = None, force: bool = False
         raise FetchError(f"archive not found: {archive}")
     verify(archive, lock["sha256"])
     dest.parent.mkdir(parents=True, exist_ok=True)
-    extract(archive, lock, dest, patched)
+    extract(archive, lock, dest, patches)
     return dest
 
 

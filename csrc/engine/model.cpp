@@ -175,16 +175,11 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
     batch_tokens_ = opts.batch_tokens > 0 ? opts.batch_tokens : kDefaultBatchTokens;
     n_threads_ = opts.n_threads > 0 ? opts.n_threads
                                     : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-    // llama.cpp sizes its output buffer by max(n_outputs, n_seq_max) and
-    // asserts that this fits n_batch: keep n_seq_max <= batch_tokens.
-    n_seq_max_ = std::min(kMaxSeqPerBatch, batch_tokens_);
-
     ensure_context(batch_tokens_);
     causal_ = llama_get_causal_attn(ctx_);
     if (!causal_ && batch_tokens_ < max_length_) {
       // Non-causal attention needs a whole text inside one physical batch.
       batch_tokens_ = max_length_;
-      n_seq_max_ = std::min(kMaxSeqPerBatch, batch_tokens_);
       free_context();
       ensure_context(batch_tokens_);
     }
@@ -233,6 +228,9 @@ void Model::ensure_context(int n_ctx_needed) {
   size = (size + kCtxGranule - 1) / kCtxGranule * kCtxGranule;
   if (ctx_ != nullptr && ctx_size_ >= size) return;
   free_context();
+  // llama.cpp sizes its output buffer by max(n_outputs, n_seq_max) and
+  // asserts that this fits n_batch: keep n_seq_max <= batch_tokens.
+  n_seq_max_ = std::min(kMaxSeqPerBatch, batch_tokens_);
   llama_context_params cp = llama_context_default_params();
   cp.n_ctx = static_cast<uint32_t>(size);
   cp.n_batch = static_cast<uint32_t>(batch_tokens_);
@@ -407,7 +405,8 @@ void Model::embed(const std::vector<std::string>& texts, const Request& req, flo
   const bool mean = pooling_ == "mean";
   const bool last = pooling_ == "last";
 
-  std::vector<double> acc(static_cast<size_t>(kMaxSeqPerBatch) * n_embd_);
+  // one accumulator row per text of a decode group, never more than the call has
+  std::vector<double> acc(std::min(static_cast<size_t>(n_seq_max_), n) * n_embd_);
   std::vector<double> v(n_embd_);
 
   auto decode = [&]() {
