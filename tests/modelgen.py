@@ -98,19 +98,23 @@ def _field_item(field, i):
     return part.tolist()[0]
 
 
-def random_weights(shape: Shape, n_vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """HF-named float32 weights, scaled so activations stay well-conditioned."""
+def random_weights(shape: Shape, n_vocab: int, seed: int = 0,
+                   dtype=np.float32) -> dict[str, np.ndarray]:
+    """HF-named weights, scaled so activations stay well-conditioned. Drawn in
+    float32 and stored as `dtype` tensor by tensor (float16 keeps the full v4
+    shape at 6 GB instead of 12), so the values do not depend on `dtype` beyond
+    its rounding."""
     rng = np.random.default_rng(seed)
     h, f, hd = shape.hidden, shape.ffn, shape.head_dim
     kv = shape.kv_heads * hd
 
     def mat(out_dim, in_dim):
-        return (rng.standard_normal((out_dim, in_dim), dtype=np.float32) / np.sqrt(in_dim)).astype(np.float32)
+        return (rng.standard_normal((out_dim, in_dim), dtype=np.float32) / np.sqrt(in_dim)).astype(dtype)
 
     def vec(n, scale=0.02, base=0.0):
-        return (base + scale * rng.standard_normal(n, dtype=np.float32)).astype(np.float32)
+        return (base + scale * rng.standard_normal(n, dtype=np.float32)).astype(dtype)
 
-    w = {"embed_tokens.weight": (0.5 * rng.standard_normal((n_vocab, h), dtype=np.float32)).astype(np.float32)}
+    w = {"embed_tokens.weight": (0.5 * rng.standard_normal((n_vocab, h), dtype=np.float32)).astype(dtype)}
     for i in range(shape.layers):
         p = f"layers.{i}."
         w[p + "input_layernorm.weight"] = vec(h, 0.1, 1.0)
@@ -184,9 +188,9 @@ def write_gguf(path: Path, weights: dict[str, np.ndarray], shape: Shape, vocab: 
     w.add_add_bos_token(False)
 
     def put(gname, arr):
-        if dtype == "F16" and arr.ndim == 2:
-            arr = arr.astype(np.float16)
-        w.add_tensor(gname, arr)
+        # matrices in the file's type, norms and biases always float32
+        want = np.float16 if dtype == "F16" and arr.ndim == 2 else np.float32
+        w.add_tensor(gname, arr.astype(want, copy=False))
 
     put("token_embd.weight", weights["embed_tokens.weight"])
     for i in range(shape.layers):
@@ -200,8 +204,11 @@ def write_gguf(path: Path, weights: dict[str, np.ndarray], shape: Shape, vocab: 
     return path
 
 
-def reference_model(weights: dict[str, np.ndarray], shape: Shape, n_vocab: int):
-    """transformers' Qwen2Model holding the same weights (float32, SDPA attention)."""
+def reference_model(weights: dict[str, np.ndarray], shape: Shape, n_vocab: int,
+                    dtype: str = "float32"):
+    """transformers' Qwen2Model holding the same weights (SDPA attention), built
+    directly in `dtype` ("float32" or "bfloat16": the v4 shape in bf16 needs
+    6 GB, not the 12 GB of a float32 model converted afterwards)."""
     import torch
     from transformers import Qwen2Config, Qwen2Model
 
@@ -210,9 +217,14 @@ def reference_model(weights: dict[str, np.ndarray], shape: Shape, n_vocab: int):
         num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
         num_key_value_heads=shape.kv_heads, max_position_embeddings=shape.ctx,
         rope_theta=shape.rope_theta, rms_norm_eps=shape.eps, tie_word_embeddings=True,
-        attn_implementation="sdpa", torch_dtype="float32",
+        attn_implementation="sdpa", torch_dtype=dtype,
     )
-    model = Qwen2Model(cfg)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, dtype))
+    try:
+        model = Qwen2Model(cfg)
+    finally:
+        torch.set_default_dtype(previous)
     state = {k: torch.from_numpy(v) for k, v in weights.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if "rotary" not in m]
