@@ -65,6 +65,110 @@ _SKIP_LM_HEAD = (
     '        return;\n'
     '    }\n',
 )
+# CPU kernels. The vector code is behind `#if defined(__AVX512F__)`; other
+# builds compile llama.cpp's own loops (the zeroing change is plain C++).
+# Measured on the mini BF16 model, llama-bench pp512, 5 alternating runs:
+# 1323 -> 1423 tok/s median (docs/benchmarks.md, "Kernel patches").
+_SGEMM = "ggml/src/ggml-cpu/llamafile/sgemm.cpp"
+_KERNEL_PATCHES = (
+    # tinyBLAS: one shuffle tree for the horizontal sums of a 4-row tile, and
+    # accumulators zeroed one by one (`= {}` became a rep stos per tile).
+    (_SGEMM, (
+        'template <int KN, typename D, typename V, typename TA, typename TB, typename TC>\n'
+        'class tinyBLAS {'
+    ),
+     (
+        '#if defined(__AVX512F__)\n'
+        '// jv4 patch: the horizontal sums of four accumulators at once, as four\n'
+        '// contiguous floats (one tree of shuffles instead of four).\n'
+        'static inline __m128 jv4_hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {\n'
+        '    const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));\n'
+        '    const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));\n'
+        '    const __m512 s = _mm512_add_ps(\n'
+        '        _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))),\n'
+        '        _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))));\n'
+        '    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(s),\n'
+        '        _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1)));\n'
+        '    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));\n'
+        '}\n'
+        '#endif\n'
+        '\n'
+        'template <int KN, typename D, typename V, typename TA, typename TB, typename TC>\n'
+        'class tinyBLAS {'
+    )),
+    (_SGEMM, (
+        '    template <int RM, int RN>\n'
+        '    inline void gemm_bloc(int64_t ii, int64_t jj) {\n'
+        '        D Cv[RN][RM] = {};\n'
+        '        for (int64_t l = 0; l < k; l += KN) {'
+    ),
+     (
+        '    template <int RM, int RN>\n'
+        '    inline void gemm_bloc(int64_t ii, int64_t jj) {\n'
+        '        // jv4 patch: zero the accumulators register by register (`= {}` made\n'
+        '        // GCC clear a stack copy with rep stos on every tile)\n'
+        '        D Cv[RN][RM];\n'
+        '        for (int64_t j = 0; j < RN; ++j)\n'
+        '            for (int64_t i = 0; i < RM; ++i)\n'
+        '                Cv[j][i] = D{};\n'
+        '        for (int64_t l = 0; l < k; l += KN) {'
+    )),
+    (_SGEMM, (
+        '        for (int64_t j = 0; j < RN; ++j)\n'
+        '            for (int64_t i = 0; i < RM; ++i)\n'
+        '                C[ldc * (jj + j) + (ii + i)] = hsum(Cv[j][i]);\n'
+        '    }\n'
+        '\n'
+        '    template <int RM, int RN, int BM>\n'
+        '    NOINLINE void gemm(int64_t m, int64_t n, int64_t BN) {\n'
+        '        GGML_ASSERT(m % (RM * BM) == 0);'
+    ),
+     (
+        '#if defined(__AVX512F__)\n'
+        '        if constexpr (RM == 4 && std::is_same_v<D, __m512> && std::is_same_v<TC, float>) {\n'
+        '            for (int64_t j = 0; j < RN; ++j)\n'
+        '                _mm_storeu_ps(C + ldc * (jj + j) + ii, jv4_hsum4(Cv[j][0], Cv[j][1], Cv[j][2], Cv[j][3]));\n'
+        '            return;\n'
+        '        }\n'
+        '#endif\n'
+        '        for (int64_t j = 0; j < RN; ++j)\n'
+        '            for (int64_t i = 0; i < RM; ++i)\n'
+        '                C[ldc * (jj + j) + (ii + i)] = hsum(Cv[j][i]);\n'
+        '    }\n'
+        '\n'
+        '    template <int RM, int RN, int BM>\n'
+        '    NOINLINE void gemm(int64_t m, int64_t n, int64_t BN) {\n'
+        '        GGML_ASSERT(m % (RM * BM) == 0);'
+    )),
+    # fp32 -> bf16 of the activations before every BF16 matmul was a scalar
+    # loop (3 % of a BF16 forward pass); 16 at a time, bit-identical
+    # (tests/test_kernels.py checks all 2^32 inputs against the scalar rule).
+    ("ggml/src/ggml-cpu/ggml-cpu.c", (
+        'void ggml_cpu_fp32_to_bf16(const float * x, ggml_bf16_t * y, int64_t n) {\n'
+        '    int64_t i = 0;\n'
+        '    for (; i < n; ++i) {'
+    ),
+     (
+        'void ggml_cpu_fp32_to_bf16(const float * x, ggml_bf16_t * y, int64_t n) {\n'
+        '    int64_t i = 0;\n'
+        '#if defined(__AVX512F__)\n'
+        '    // jv4 patch: 16 at a time, bit for bit the scalar rounding below\n'
+        '    // (round to nearest even; a NaN stays a quiet NaN)\n'
+        '    for (; i + 15 < n; i += 16) {\n'
+        '        const __m512i u = _mm512_loadu_si512((const void *)(x + i));\n'
+        '        const __m512i hi = _mm512_srli_epi32(u, 16);\n'
+        '        const __mmask16 nan = _mm512_cmpgt_epu32_mask(\n'
+        '            _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));\n'
+        '        const __m512i bias = _mm512_add_epi32(_mm512_set1_epi32(0x7fff),\n'
+        '                                              _mm512_and_si512(hi, _mm512_set1_epi32(1)));\n'
+        '        const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(u, bias), 16);\n'
+        '        const __m512i r = _mm512_mask_mov_epi32(rounded, nan, _mm512_or_si512(hi, _mm512_set1_epi32(64)));\n'
+        '        _mm256_storeu_si256((__m256i *)(y + i), _mm512_cvtepi32_epi16(r));\n'
+        '    }\n'
+        '#endif\n'
+        '    for (; i < n; ++i) {'
+    )),
+)
 PATCHES = (
     # In embeddings mode llama.cpp still multiplies every output token by the
     # lm_head (vocab 151936 x hidden) and keeps a logits buffer of
@@ -74,7 +178,7 @@ PATCHES = (
     ("src/llama-context.cpp",
      "    bool has_logits     = true;\n",
      "    bool has_logits     = !cparams.embeddings;  // jv4 patch: no logits buffer for embedders\n"),
-)
+) + _KERNEL_PATCHES
 
 
 class FetchError(RuntimeError):
