@@ -3,6 +3,7 @@ this machine's default build (the AMX SIGILL trap must not come back)."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,7 @@ import pytest
 
 import jv4
 from conftest import cosines
+from corpus import CORPUS
 
 
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q4_K_M", "Q6_K", "Q5_K_M", "Q3_K_M", "F16"])
@@ -61,3 +63,45 @@ def test_quantize_garbage_source_raises_and_leaves_no_output(tmp_path):
 def test_quantize_types_cover_the_official_release_types():
     for t in ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M"):
         assert t in jv4.QUANT_TYPES
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K_M", "Q4_0"])
+def test_repacked_and_plain_weights_give_the_same_vectors(make_gguf, reference, tmp_path,
+                                                          caplog, qtype):
+    # Q4_K and Q4_0 both have CPU repacked layouts (x86 with AVX2); the two
+    # kernels must agree with each other and with the float reference.
+    dst = tmp_path / f"r-{qtype}.gguf"
+    jv4.quantize(make_gguf("qwen2", "retrieval", "F32"), dst, qtype)
+    texts = CORPUS[:40]
+    ref = reference(texts, "Query: ")
+    with caplog.at_level(logging.DEBUG, logger="jv4"):
+        on = jv4.Model(dst, repack=True)
+    if "AVX2" in jv4.build_info()["cpu_features"]:
+        assert "CPU_REPACK" in caplog.text, "repack=True did not repack"
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="jv4"):
+        off = jv4.Model(dst, repack=False)
+    assert "CPU_REPACK model buffer" not in caplog.text
+    assert (on.info["repack"], on.info["load_mode"]) == (True, "read")
+    assert (off.info["repack"], off.info["load_mode"]) == (False, "mmap")
+    a, b = on.embed(texts), off.embed(texts)
+    assert cosines(a, b).min() > 0.9999  # measured 0.99999 (Q4_K_M, Q4_0)
+    assert cosines(a, ref).min() > 0.95 and cosines(b, ref).min() > 0.95  # measured 0.975-0.984
+
+
+def test_repacking_by_default_only_where_it_measured_faster(make_gguf, tmp_path):
+    src = make_gguf("qwen2", "retrieval", "F32")
+    chosen = {}
+    for qtype in ("Q4_K_M", "Q4_0", "Q8_0"):
+        dst = tmp_path / f"d-{qtype}.gguf"
+        jv4.quantize(src, dst, qtype)
+        info = jv4.Model(dst).info
+        chosen[qtype] = (info["repack"], info["load_mode"])
+    # Q4_K: faster unrepacked; Q4_0: repacked (and read, so held once);
+    # Q8_0 has no x86 repacked layout: llama.cpp's default, memory-mapped
+    assert chosen == {"Q4_K_M": (False, "mmap"), "Q4_0": (True, "read"), "Q8_0": (True, "mmap")}
+
+
+def test_repack_must_be_a_bool_or_none(make_gguf):
+    with pytest.raises(TypeError, match="repack must be True, False or None, got str"):
+        jv4.Model(make_gguf(), repack="yes")

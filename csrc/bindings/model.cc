@@ -63,8 +63,9 @@ struct PyModel {
 void register_model(py::module_& m) {
   using M = PyModel;
   py::class_<M>(m, "Model")
-      .def(py::init([](const std::string& path, int n_threads, int max_length, int batch_tokens) {
-             jv4::ModelOptions opts{n_threads, max_length, batch_tokens};
+      .def(py::init([](const std::string& path, int n_threads, int max_length, int batch_tokens,
+                       int repack) {
+             jv4::ModelOptions opts{n_threads, max_length, batch_tokens, repack};
              auto self = std::make_unique<M>();
              std::atomic<bool> cancel{false};
              run_blocking([&] { self->model = std::make_unique<jv4::Model>(path, opts); }, cancel,
@@ -72,7 +73,7 @@ void register_model(py::module_& m) {
              return self;
            }),
            py::arg("path"), py::arg("n_threads") = 0, py::arg("max_length") = 0,
-           py::arg("batch_tokens") = 0)
+           py::arg("batch_tokens") = 0, py::arg("repack") = -1)
       .def_property_readonly("n_embd", [](const M& s) { return s.model->n_embd(); })
       .def_property_readonly("task", [](const M& s) -> py::object {
         if (s.model->task().empty()) return py::none();
@@ -82,6 +83,7 @@ void register_model(py::module_& m) {
       .def_property_readonly("pooling", [](const M& s) { return s.model->pooling(); })
       .def_property_readonly("max_length", [](const M& s) { return s.model->max_length(); })
       .def_property_readonly("batch_tokens", [](const M& s) { return s.model->batch_tokens(); })
+      .def_property_readonly("repack", [](const M& s) { return s.model->repack(); })
       .def_property_readonly("n_threads", [](const M& s) { return s.model->n_threads(); })
       .def_property_readonly("path", [](const M& s) { return s.model->path(); })
       .def_property_readonly("dims", [](const M& s) { return s.model->dims(); })

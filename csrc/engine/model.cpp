@@ -20,6 +20,7 @@
 
 #include "engine/errors.hpp"
 #include "engine/logging.hpp"
+#include "gguf.h"
 #include "llama.h"
 
 namespace jv4 {
@@ -111,6 +112,45 @@ static void precheck_file(const std::string& path) {
   }
 }
 
+namespace {
+
+struct WeightTypes {
+  bool repackable = false;         // some tensor has a CPU repacked layout (x86: Q4_0, IQ4_NL, Q4_K, Q2_K)
+  bool repack_is_slower = false;   // ...and it is one measured slower repacked
+};
+
+// Tensor types from the GGUF header alone (no data read). Measured on an
+// AMD EPYC (Zen 4), mini shape, llama-bench pp512, 2 threads, repack on / off:
+// Q4_K_M 1313 / 2072 tok/s (AVX-512 build), 1054 / 1104 (AVX2 build);
+// Q2_K 1128 / 1958 and 928 / 958; Q4_0 1416 / 1030 and 922 / 742.
+// So Q4_K and Q2_K run unrepacked by default, everything else as llama.cpp
+// decides (docs/benchmarks.md, "Weight repacking").
+WeightTypes scan_weight_types(const std::string& path) {
+  WeightTypes wt;
+  gguf_init_params gp{/*no_alloc=*/true, /*ctx=*/nullptr};
+  gguf_context* g = gguf_init_from_file(path.c_str(), gp);
+  if (g == nullptr) return wt;  // the loader below reports what is wrong
+  for (int64_t i = 0; i < gguf_get_n_tensors(g); ++i) {
+    switch (gguf_get_tensor_type(g, i)) {
+      case GGML_TYPE_Q4_K:
+      case GGML_TYPE_Q2_K:
+        wt.repack_is_slower = true;
+        wt.repackable = true;
+        break;
+      case GGML_TYPE_Q4_0:
+      case GGML_TYPE_IQ4_NL:
+        wt.repackable = true;
+        break;
+      default:
+        break;
+    }
+  }
+  gguf_free(g);
+  return wt;
+}
+
+}  // namespace
+
 Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
   if (opts.n_threads < 0) throw std::invalid_argument("n_threads must be >= 1 (or None for all cores)");
   if (opts.max_length < 0) throw std::invalid_argument("max_length must be >= 1 (or None)");
@@ -122,6 +162,17 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
   llama_model_params mp = llama_model_default_params();
   mp.load_mode = LLAMA_LOAD_MODE_MMAP;  // weights stay in the page cache, shared
   mp.n_gpu_layers = 999;  // everything on the accelerator when the build has one
+  const WeightTypes wt = scan_weight_types(path);
+  take_thread_errors();  // a bad header is reported by the loader below
+  repack_ = opts.repack < 0 ? !wt.repack_is_slower : opts.repack != 0;
+  mp.use_extra_bufts = repack_;
+  if (repack_ && wt.repackable) {
+    // Repacked weights are copies: under mmap the file's pages of the same
+    // tensors (read once to repack them) stay in the process too, e.g. v4
+    // Q4_K_M peaked at file + 1.4 GiB instead of file + 0.2. Read instead.
+    mp.load_mode = LLAMA_LOAD_MODE_NONE;
+  }
+  load_mode_ = mp.load_mode == LLAMA_LOAD_MODE_MMAP ? "mmap" : "read";
   model_ = llama_model_load_from_file(path.c_str(), mp);
   if (model_ == nullptr) {
     std::string why = take_thread_errors();
@@ -203,6 +254,8 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
         {"n_params", std::to_string(llama_model_n_params(model_))},
         {"size_bytes", std::to_string(llama_model_size(model_))},
         {"causal", causal_ ? "1" : "0"},
+        {"repack", repack_ ? "1" : "0"},
+        {"load_mode", load_mode_},
     };
   } catch (...) {
     free_context();

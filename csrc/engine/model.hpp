@@ -19,6 +19,7 @@ struct ModelOptions {
   int n_threads = 0;     // 0: all cores
   int max_length = 0;    // 0: 32768 capped by the trained context
   int batch_tokens = 0;  // 0: default token budget per decode
+  int repack = -1;       // CPU weight repacking: -1 by weight type, 0 off, 1 on
 };
 
 // What embed() is asked for, after validation.
@@ -38,6 +39,7 @@ class Model {
   int n_embd() const { return n_embd_; }
   int max_length() const { return max_length_; }
   int batch_tokens() const { return batch_tokens_; }
+  bool repack() const { return repack_; }
   int n_threads() const { return n_threads_; }
   bool is_jina_v4() const { return jina_v4_; }
   const std::string& task() const { return task_; }  // "" when unknown / not jina-v4
@@ -72,6 +74,8 @@ class Model {
   int n_ctx_train_ = 0;
   int max_length_ = 0;
   int batch_tokens_ = 0;
+  bool repack_ = false;
+  std::string load_mode_;
   int n_seq_max_ = 0;
   int n_threads_ = 0;
   bool jina_v4_ = false;

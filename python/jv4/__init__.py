@@ -46,7 +46,7 @@ MATRYOSHKA_DIMS = (128, 256, 512, 1024, 2048)
 QUANT_TYPES: tuple = tuple(_core.quantize_types())
 
 _INT_INFO = {"n_embd", "n_layer", "n_head", "n_vocab", "n_ctx_train", "n_params", "size_bytes"}
-_BOOL_INFO = {"jina_v4", "causal"}
+_BOOL_INFO = {"jina_v4", "causal", "repack"}
 
 
 def build_info() -> dict:
@@ -89,18 +89,28 @@ class Model:
         the model's trained context; a larger value is a ValueError).
     batch_tokens: token budget of one decode (default 512). Texts are packed
         into decodes up to this many tokens; longer texts span several.
+    repack: let llama.cpp re-lay quantized weights for its CPU kernels
+        (True/False). Default None: off for files holding Q4_K or Q2_K
+        weights (faster unrepacked, measured), llama.cpp's default otherwise.
+        When weights are repacked the file is read rather than memory-mapped,
+        so that they are held once. ``info["repack"]`` and
+        ``info["load_mode"]`` say what was chosen.
 
     Calls are thread-safe (one forward pass at a time per Model) and run
     without the GIL. A bad file raises FileNotFoundError or ModelLoadError.
     """
 
     def __init__(self, path: Union[str, os.PathLike], *, n_threads: Optional[int] = None,
-                 max_length: Optional[int] = None, batch_tokens: Optional[int] = None) -> None:
+                 max_length: Optional[int] = None, batch_tokens: Optional[int] = None,
+                 repack: Optional[bool] = None) -> None:
+        if repack is not None and not isinstance(repack, (bool, np.bool_)):
+            raise TypeError(f"repack must be True, False or None, got {type(repack).__name__}")
         self._core = _core.Model(
             os.fspath(path),
             _opt_int("n_threads", n_threads),
             _opt_int("max_length", max_length),
             _opt_int("batch_tokens", batch_tokens),
+            -1 if repack is None else int(bool(repack)),
         )
 
     # --- facts -----------------------------------------------------------
