@@ -204,10 +204,11 @@ def child_main(a) -> None:
 
 
 # ------------------------------------------------------------------ parent
-def raw_forward(model: Path, threads: int) -> dict:
+def raw_forward(model: Path, threads: int, repack: bool) -> dict:
+    # the ceiling of jv4's own build: same tree, same flags, same repack choice
     exe = TOOLS / "llama-bench"
     out = subprocess.run([str(exe), "-m", str(model), "-t", str(threads), "-p", "128,512",
-                          "-n", "0", "-r", "3", "-o", "json"],
+                          "-n", "0", "-r", "3", "--repack", str(int(repack)), "-o", "json"],
                          capture_output=True, text=True, check=True).stdout
     res = {}
     for row in json.loads(out):
@@ -271,6 +272,7 @@ def main() -> int:
 
     model, npz = make_model(a.shape, a.dtype)
     m = jv4.Model(model)
+    jv4_load = {k: m.info[k] for k in ("repack", "load_mode")}
     texts = docstring_passages(a.texts_count)
     n_tokens = sum(len(m.tokenize(t, role="passage")) for t in texts)
     workloads = {"corpus": (texts, n_tokens)}
@@ -294,7 +296,7 @@ def main() -> int:
     for r in range(a.rounds):
         for e in engines:
             if e == "raw":
-                raw.setdefault("runs", []).append(raw_forward(model, a.threads))
+                raw.setdefault("runs", []).append(raw_forward(model, a.threads, jv4_load["repack"]))
                 print(f"round {r} raw {raw['runs'][-1]}", file=sys.stderr)
                 continue
             for w, (tx, nt) in workloads.items():
@@ -311,6 +313,7 @@ def main() -> int:
         "command": "python " + " ".join(sys.argv),
         "shape": a.shape, "dtype": a.dtype, "threads": a.threads, "rounds": a.rounds,
         "model_bytes": model.stat().st_size,
+        "jv4_load": jv4_load,
         "build_info": {k: v for k, v in jv4.build_info().items() if k != "system_info"},
         "workloads": {w: {"texts": len(tx), "tokens": nt} for w, (tx, nt) in workloads.items()},
         "raw_forward": {k: statistics.median(x[k] for x in raw["runs"]) for k in raw["runs"][0]}
