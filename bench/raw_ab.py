@@ -1,0 +1,70 @@
+"""A/B of the raw forward pass (llama-bench pp512), alternating two variants
+round by round so that machine drift cancels; prints medians and the ratio.
+
+    python bench/raw_ab.py patches --dtype BF16   # unpatched tree vs jv4's patched tree
+    python bench/raw_ab.py repack --dtype Q4_K_M  # patched tree, --repack 1 vs 0
+
+`patches` needs both `bench/build_tools.py` and `bench/build_tools.py
+--upstream`. llama-bench runs without embeddings, so the lm_head patch is idle
+there and the difference is the CPU kernel patches alone. `--model` takes any
+GGUF instead of a generated one (e.g. a Q4_0 made with jv4.quantize).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from run import TOOLS, UPSTREAM_TOOLS, make_model  # noqa: E402
+
+
+def pp512(exe: Path, model: Path, threads: int, extra: list[str]) -> float:
+    out = subprocess.run([str(exe), "-m", str(model), "-t", str(threads), "-p", "512", "-n", "0",
+                          "-r", "3", "-o", "json", *extra],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)[0]["avg_ts"]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=["patches", "repack"])
+    ap.add_argument("--shape", default="mini")
+    ap.add_argument("--dtype", default="BF16")
+    ap.add_argument("--model", type=Path, help="a GGUF to use instead of a generated one")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
+    a = ap.parse_args()
+    model = a.model or make_model(a.shape, a.dtype)[0]
+    if a.what == "patches":
+        variants = {"unpatched": (UPSTREAM_TOOLS / "llama-bench", []),
+                    "patched": (TOOLS / "llama-bench", [])}
+    else:
+        variants = {"repack 1": (TOOLS / "llama-bench", ["--repack", "1"]),
+                    "repack 0": (TOOLS / "llama-bench", ["--repack", "0"])}
+    for name, (exe, _) in variants.items():
+        if not exe.exists():
+            print(f"{exe} is missing: run bench/build_tools.py (--upstream for the unpatched tree)",
+                  file=sys.stderr)
+            return 2
+    runs: dict[str, list[float]] = {k: [] for k in variants}
+    for r in range(a.rounds):
+        for name, (exe, extra) in variants.items():
+            runs[name].append(pp512(exe, model, a.threads, extra))
+        print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in runs.items()),
+              file=sys.stderr)
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    (first, m1), (second, m2) = med.items()
+    print(f"{model.name}, {a.threads} threads, pp512 median of {a.rounds}: "
+          f"{first} {m1:.0f} tok/s, {second} {m2:.0f} tok/s, {second} / {first} = {m2 / m1:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
