@@ -5,6 +5,8 @@ measures batching and overhead, not compilers.
 
     python bench/build_tools.py             # from vendor/llama.cpp (jv4's patches applied)
     python bench/build_tools.py --upstream  # llama.cpp as released, into build/llama-tools-upstream
+    python bench/build_tools.py --variant avx2          # patched, AVX-512 off (build/llama-tools-avx2)
+    python bench/build_tools.py --variant no-llamafile  # patched, GGML_LLAMAFILE=OFF
 """
 
 from __future__ import annotations
@@ -25,20 +27,33 @@ ISA = ["SSE42", "AVX", "AVX2", "FMA", "F16C", "BMI2", "AVX_VNNI", "AVX512", "AVX
 
 def main() -> int:
     # --upstream: llama.cpp exactly as released (no jv4 patches), for peers as users get them
-    upstream = "--upstream" in sys.argv[1:]
+    args = sys.argv[1:]
+    upstream = "--upstream" in args
+    variant = args[args.index("--variant") + 1] if "--variant" in args else None
+    if variant not in (None, "avx2", "no-llamafile"):
+        print(f"--variant must be avx2 or no-llamafile, got {variant!r}", file=sys.stderr)
+        return 2
     llama_dir = ROOT / "build" / "llama.cpp-upstream" if upstream else ROOT / "vendor" / "llama.cpp"
     build = BUILD.with_name("llama-tools-upstream") if upstream else BUILD
     feats = set(jv4.build_info()["cpu_features"])
     if "AVX" in feats:
         feats.add("SSE42")
-    defs = [f"-DGGML_{o}={'ON' if o in feats else 'OFF'}" for o in ISA]
+    extra = []
+    if variant == "avx2":  # the same tree without AVX-512 (x86-64-v3-like)
+        feats = {f for f in feats if not f.startswith("AVX512") and not f.startswith("AMX")}
+    if variant == "no-llamafile":
+        extra = ["-DGGML_LLAMAFILE=OFF"]
+    if variant:
+        build = BUILD.with_name(f"llama-tools-{variant}")
+    defs = [f"-DGGML_{o}={'ON' if o in feats else 'OFF'}" for o in ISA] + extra
     fetch = [sys.executable, str(ROOT / "tools" / "fetch_llama_cpp.py"), "--dest", str(llama_dir)]
     subprocess.run(fetch + (["--no-patches"] if upstream else []), check=True)
     cmd = ["cmake", "-S", str(ROOT / "bench" / "tools"), "-B", str(build), "-G", "Ninja",
            "-DCMAKE_BUILD_TYPE=Release", f"-DLLAMA_DIR={llama_dir}"] + defs
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
-    subprocess.run(["cmake", "--build", str(build), "--target", "llama-bench", "llama-server",
+    targets = ["llama-bench"] if variant else ["llama-bench", "llama-server"]  # variants: A/B only
+    subprocess.run(["cmake", "--build", str(build), "--target", *targets,
                     "-j", str(os.cpu_count())], check=True)
     print(f"built into {build / 'bin'}")
     return 0

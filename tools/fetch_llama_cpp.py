@@ -65,19 +65,26 @@ _SKIP_LM_HEAD = (
     '        return;\n'
     '    }\n',
 )
+
+
+def _insert_before(path: str, anchor: str, text: str) -> tuple:
+    return (path, anchor, text + anchor)
+
+
 # CPU kernels. The vector code is behind `#if defined(__AVX512F__)`; other
 # builds compile llama.cpp's own loops (the zeroing change is plain C++).
 # Measured on the mini BF16 model, llama-bench pp512, 5 alternating runs:
-# 1323 -> 1423 tok/s median (docs/benchmarks.md, "Kernel patches").
+# 1323 -> 1423 and 1333 -> 1388 tok/s medians (docs/benchmarks.md, "CPU
+# kernel patches"); F16 unchanged.
 _SGEMM = "ggml/src/ggml-cpu/llamafile/sgemm.cpp"
+
 _KERNEL_PATCHES = (
     # tinyBLAS: one shuffle tree for the horizontal sums of a 4-row tile, and
     # accumulators zeroed one by one (`= {}` became a rep stos per tile).
-    (_SGEMM, (
+    _insert_before(_SGEMM, (
         'template <int KN, typename D, typename V, typename TA, typename TB, typename TC>\n'
         'class tinyBLAS {'
-    ),
-     (
+    ), (
         '#if defined(__AVX512F__)\n'
         '// jv4 patch: the horizontal sums of four accumulators at once, as four\n'
         '// contiguous floats (one tree of shuffles instead of four).\n'
@@ -93,8 +100,6 @@ _KERNEL_PATCHES = (
         '}\n'
         '#endif\n'
         '\n'
-        'template <int KN, typename D, typename V, typename TA, typename TB, typename TC>\n'
-        'class tinyBLAS {'
     )),
     (_SGEMM, (
         '    template <int RM, int RN>\n'
@@ -113,7 +118,7 @@ _KERNEL_PATCHES = (
         '                Cv[j][i] = D{};\n'
         '        for (int64_t l = 0; l < k; l += KN) {'
     )),
-    (_SGEMM, (
+    _insert_before(_SGEMM, (
         '        for (int64_t j = 0; j < RN; ++j)\n'
         '            for (int64_t i = 0; i < RM; ++i)\n'
         '                C[ldc * (jj + j) + (ii + i)] = hsum(Cv[j][i]);\n'
@@ -122,8 +127,7 @@ _KERNEL_PATCHES = (
         '    template <int RM, int RN, int BM>\n'
         '    NOINLINE void gemm(int64_t m, int64_t n, int64_t BN) {\n'
         '        GGML_ASSERT(m % (RM * BM) == 0);'
-    ),
-     (
+    ), (
         '#if defined(__AVX512F__)\n'
         '        if constexpr (RM == 4 && std::is_same_v<D, __m512> && std::is_same_v<TC, float>) {\n'
         '            for (int64_t j = 0; j < RN; ++j)\n'
@@ -131,14 +135,6 @@ _KERNEL_PATCHES = (
         '            return;\n'
         '        }\n'
         '#endif\n'
-        '        for (int64_t j = 0; j < RN; ++j)\n'
-        '            for (int64_t i = 0; i < RM; ++i)\n'
-        '                C[ldc * (jj + j) + (ii + i)] = hsum(Cv[j][i]);\n'
-        '    }\n'
-        '\n'
-        '    template <int RM, int RN, int BM>\n'
-        '    NOINLINE void gemm(int64_t m, int64_t n, int64_t BN) {\n'
-        '        GGML_ASSERT(m % (RM * BM) == 0);'
     )),
     # fp32 -> bf16 of the activations before every BF16 matmul was a scalar
     # loop (3 % of a BF16 forward pass); 16 at a time, bit-identical
