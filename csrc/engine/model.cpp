@@ -123,8 +123,10 @@ struct WeightTypes {
 // AMD EPYC (Zen 4), mini shape, llama-bench pp512, 2 threads, repack on / off:
 // Q4_K_M 1313 / 2072 tok/s (AVX-512 build), 1054 / 1104 (AVX2 build);
 // Q2_K 1128 / 1958 and 928 / 958; Q4_0 1416 / 1030 and 922 / 742.
-// So Q4_K and Q2_K run unrepacked by default, everything else as llama.cpp
-// decides (docs/benchmarks.md, "Weight repacking").
+// So on x86 Q4_K and Q2_K run unrepacked by default, everything else as
+// llama.cpp decides (docs/benchmarks.md, "Weight repacking by type"). Other
+// architectures have other repacked kernels, not measured here: their
+// default stays llama.cpp's.
 WeightTypes scan_weight_types(const std::string& path) {
   WeightTypes wt;
   gguf_init_params gp{/*no_alloc=*/true, /*ctx=*/nullptr};
@@ -134,7 +136,9 @@ WeightTypes scan_weight_types(const std::string& path) {
     switch (gguf_get_tensor_type(g, i)) {
       case GGML_TYPE_Q4_K:
       case GGML_TYPE_Q2_K:
+#if defined(__x86_64__) || defined(_M_X64)
         wt.repack_is_slower = true;
+#endif
         wt.repackable = true;
         break;
       case GGML_TYPE_Q4_0:

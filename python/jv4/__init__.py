@@ -90,8 +90,9 @@ class Model:
     batch_tokens: token budget of one decode (default 512). Texts are packed
         into decodes up to this many tokens; longer texts span several.
     repack: let llama.cpp re-lay quantized weights for its CPU kernels
-        (True/False). Default None: off for files holding Q4_K or Q2_K
-        weights (faster unrepacked, measured), llama.cpp's default otherwise.
+        (True/False). Default None: on x86, off for files holding Q4_K or
+        Q2_K weights (faster unrepacked, measured); llama.cpp's default
+        otherwise.
         When weights are repacked the file is read rather than memory-mapped,
         so that they are held once. ``info["repack"]`` and
         ``info["load_mode"]`` say what was chosen.
