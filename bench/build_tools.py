@@ -11,6 +11,7 @@ measures batching and overhead, not compilers.
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -26,13 +27,14 @@ ISA = ["SSE42", "AVX", "AVX2", "FMA", "F16C", "BMI2", "AVX_VNNI", "AVX512", "AVX
 
 
 def main() -> int:
-    # --upstream: llama.cpp exactly as released (no jv4 patches), for peers as users get them
-    args = sys.argv[1:]
-    upstream = "--upstream" in args
-    variant = args[args.index("--variant") + 1] if "--variant" in args else None
-    if variant not in (None, "avx2", "no-llamafile"):
-        print(f"--variant must be avx2 or no-llamafile, got {variant!r}", file=sys.stderr)
-        return 2
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--upstream", action="store_true",
+                       help="llama.cpp exactly as released (no jv4 patches), for peers as users get them")
+    which.add_argument("--variant", choices=["avx2", "no-llamafile"],
+                       help="the patched tree built differently, llama-bench only (A/B runs)")
+    a = ap.parse_args()
+    upstream, variant = a.upstream, a.variant
     llama_dir = ROOT / "build" / "llama.cpp-upstream" if upstream else ROOT / "vendor" / "llama.cpp"
     build = BUILD.with_name("llama-tools-upstream") if upstream else BUILD
     feats = set(jv4.build_info()["cpu_features"])

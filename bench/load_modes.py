@@ -19,16 +19,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 
-def _hwm_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def child(path: str, repack: str, n_texts: int, threads: int) -> dict:
     import jv4
     from corpus import docstring_passages
+    from run import _rss_mib as _hwm_mib  # this process's own VmHWM
 
     texts = docstring_passages(n_texts)
     t = time.perf_counter()

@@ -15,23 +15,14 @@ GGUF instead of a generated one (e.g. a Q4_0 made with jv4.quantize).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import TOOLS, UPSTREAM_TOOLS, make_model  # noqa: E402
-
-
-def pp512(exe: Path, model: Path, threads: int, extra: list[str]) -> float:
-    out = subprocess.run([str(exe), "-m", str(model), "-t", str(threads), "-p", "512", "-n", "0",
-                          "-r", "3", "-o", "json", *extra],
-                         capture_output=True, text=True, check=True).stdout
-    return json.loads(out)[0]["avg_ts"]
+from run import TOOLS, UPSTREAM_TOOLS, llama_bench, make_model  # noqa: E402
 
 
 def main() -> int:
@@ -63,7 +54,7 @@ def main() -> int:
     runs: dict[str, list[float]] = {k: [] for k in variants}
     for r in range(a.rounds):
         for name, (exe, extra) in variants.items():
-            runs[name].append(pp512(exe, model, a.threads, extra))
+            runs[name].append(llama_bench(exe, model, a.threads, (512,), extra)["pp512"])
         print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in runs.items()),
               file=sys.stderr)
     med = {k: statistics.median(v) for k, v in runs.items()}

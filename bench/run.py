@@ -204,16 +204,17 @@ def child_main(a) -> None:
 
 
 # ------------------------------------------------------------------ parent
+def llama_bench(exe: Path, model: Path, threads: int, prompts=(128, 512), extra=()) -> dict:
+    """{"pp<n>": tokens/s} from llama-bench (prompt processing only, 3 reps)."""
+    out = subprocess.run([str(exe), "-m", str(model), "-t", str(threads),
+                          "-p", ",".join(map(str, prompts)), "-n", "0", "-r", "3", "-o", "json",
+                          *extra], capture_output=True, text=True, check=True).stdout
+    return {f"pp{row['n_prompt']}": row["avg_ts"] for row in json.loads(out)}
+
+
 def raw_forward(model: Path, threads: int, repack: bool) -> dict:
     # the ceiling of jv4's own build: same tree, same flags, same repack choice
-    exe = TOOLS / "llama-bench"
-    out = subprocess.run([str(exe), "-m", str(model), "-t", str(threads), "-p", "128,512",
-                          "-n", "0", "-r", "3", "--repack", str(int(repack)), "-o", "json"],
-                         capture_output=True, text=True, check=True).stdout
-    res = {}
-    for row in json.loads(out):
-        res[f"pp{row['n_prompt']}"] = row["avg_ts"]
-    return res
+    return llama_bench(TOOLS / "llama-bench", model, threads, extra=("--repack", str(int(repack))))
 
 
 def available(engine: str) -> str | None:

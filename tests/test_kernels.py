@@ -39,7 +39,7 @@ def _cpu_has(flag: str) -> bool:
         return False
 
 
-def test_kernel_patches_are_applied_to_the_vendored_tree():
+def test_every_patch_is_applied_to_the_vendored_tree():
     for rel, _old, new in fetch_llama_cpp.PATCHES:
         assert new in (ROOT / "vendor" / "llama.cpp" / rel).read_text(encoding="utf-8"), rel
 

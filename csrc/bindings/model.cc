@@ -83,7 +83,6 @@ void register_model(py::module_& m) {
       .def_property_readonly("pooling", [](const M& s) { return s.model->pooling(); })
       .def_property_readonly("max_length", [](const M& s) { return s.model->max_length(); })
       .def_property_readonly("batch_tokens", [](const M& s) { return s.model->batch_tokens(); })
-      .def_property_readonly("repack", [](const M& s) { return s.model->repack(); })
       .def_property_readonly("n_threads", [](const M& s) { return s.model->n_threads(); })
       .def_property_readonly("path", [](const M& s) { return s.model->path(); })
       .def_property_readonly("dims", [](const M& s) { return s.model->dims(); })

@@ -39,7 +39,6 @@ class Model {
   int n_embd() const { return n_embd_; }
   int max_length() const { return max_length_; }
   int batch_tokens() const { return batch_tokens_; }
-  bool repack() const { return repack_; }
   int n_threads() const { return n_threads_; }
   bool is_jina_v4() const { return jina_v4_; }
   const std::string& task() const { return task_; }  // "" when unknown / not jina-v4
