@@ -49,10 +49,14 @@ class Worker {
 // KeyboardInterrupt it sets `cancel`, waits for the work to stop and
 // re-raises. Exceptions thrown by `work` are re-thrown here, on the caller's
 // thread. Logs are flushed either way.
+// `tick` (optional) is called with the GIL on each of those wake-ups and once
+// after the work succeeded: the place to report progress from Python. If it
+// raises, the work is cancelled and its exception re-raised.
 void run_blocking(const std::function<void()>& work, std::atomic<bool>& cancel,
-                  Worker* worker = nullptr);
+                  Worker* worker = nullptr, const std::function<void()>& tick = nullptr);
 
 void register_info(py::module_& m);
 void register_model(py::module_& m);
+void register_jina(py::module_& m);
 
 }  // namespace jv4py

@@ -2,6 +2,9 @@
 #include <pybind11/stl.h>
 
 #include <atomic>
+#include <optional>
+#include <stdexcept>
+#include <string>
 
 #include "bindings/common.hpp"
 #include "engine/build_info.hpp"
@@ -33,11 +36,15 @@ void register_info(py::module_& m) {
 
   m.def(
       "quantize",
-      [](const std::string& src, const std::string& dst, const std::string& type, int n_threads) {
+      [](const std::string& src, const std::string& dst, const std::string& type,
+         std::optional<int> n_threads) {
+        if (n_threads && *n_threads < 1) {
+          throw std::invalid_argument("n_threads must be >= 1 (or None), got " + std::to_string(*n_threads));
+        }
         std::atomic<bool> cancel{false};  // llama's quantizer cannot be stopped midway
-        run_blocking([&] { jv4::quantize(src, dst, type, n_threads); }, cancel);
+        run_blocking([&] { jv4::quantize(src, dst, type, n_threads.value_or(0)); }, cancel);
       },
-      py::arg("src"), py::arg("dst"), py::arg("type"), py::arg("n_threads") = 0);
+      py::arg("src"), py::arg("dst"), py::arg("type"), py::arg("n_threads") = py::none());
 }
 
 }  // namespace jv4py

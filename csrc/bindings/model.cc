@@ -1,9 +1,12 @@
 // jv4._core.Model: type conversion only; the work is in engine/model.cpp.
 #include <pybind11/numpy.h>
+#include <pybind11/functional.h>
 #include <pybind11/stl.h>
 
 #include <atomic>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -60,11 +63,27 @@ struct PyModel {
 
 }  // namespace
 
+// Calls `callback(texts_done, tokens_done, tokens_total)` when the engine's
+// counters moved since the last call. Runs with the GIL (see run_blocking).
+std::function<void()> progress_tick(const std::optional<py::function>& callback,
+                                    jv4::Progress& progress) {
+  if (!callback) return nullptr;
+  return [&callback, &progress, last_texts = ~uint64_t{0}, last_tokens = ~uint64_t{0}]() mutable {
+    const uint64_t texts = progress.texts.load(std::memory_order_relaxed);
+    const uint64_t tokens = progress.tokens.load(std::memory_order_relaxed);
+    if (texts == last_texts && tokens == last_tokens) return;
+    last_texts = texts;
+    last_tokens = tokens;
+    (*callback)(texts, tokens, progress.tokens_total.load(std::memory_order_relaxed));
+  };
+}
+
 void register_model(py::module_& m) {
   using M = PyModel;
   py::class_<M>(m, "Model")
-      .def(py::init([](const std::string& path, int n_threads, int max_length, int batch_tokens,
-                       int repack) {
+      .def(py::init([](const std::string& path, std::optional<int> n_threads,
+                       std::optional<int> max_length, std::optional<int> batch_tokens,
+                       std::optional<bool> repack) {
              jv4::ModelOptions opts{n_threads, max_length, batch_tokens, repack};
              auto self = std::make_unique<M>();
              std::atomic<bool> cancel{false};
@@ -72,8 +91,8 @@ void register_model(py::module_& m) {
                           self->worker.get());
              return self;
            }),
-           py::arg("path"), py::arg("n_threads") = 0, py::arg("max_length") = 0,
-           py::arg("batch_tokens") = 0, py::arg("repack") = -1)
+           py::arg("path"), py::arg("n_threads") = py::none(), py::arg("max_length") = py::none(),
+           py::arg("batch_tokens") = py::none(), py::arg("repack") = py::none())
       .def_property_readonly("n_embd", [](const M& s) { return s.model->n_embd(); })
       .def_property_readonly("task", [](const M& s) -> py::object {
         if (s.model->task().empty()) return py::none();
@@ -88,13 +107,13 @@ void register_model(py::module_& m) {
       .def_property_readonly("dims", [](const M& s) { return s.model->dims(); })
       .def_property_readonly("info", [](const M& s) { return s.model->info(); })
       .def("tokenize",
-           [](const M& s, py::handle text, const std::string& task, const std::string& role,
+           [](const M& s, py::handle text, std::optional<std::string> task, const std::string& role,
               bool add_prefix) {
              if (!PyUnicode_Check(text.ptr())) {
                throw jv4::TypeErrorAt("text must be str, got " + type_name(text.ptr()));
              }
              std::vector<std::string> one = collect_texts(py::make_tuple(text));
-             jv4::Request req = s.model->resolve(task, role, 0, true);
+             jv4::Request req = s.model->resolve(task, role, std::nullopt, true);
              std::vector<int32_t> ids;
              {
                py::gil_scoped_release release;
@@ -104,11 +123,11 @@ void register_model(py::module_& m) {
              std::copy(ids.begin(), ids.end(), arr.mutable_data());
              return arr;
            },
-           py::arg("text"), py::arg("task") = "", py::arg("role") = "query",
+           py::arg("text"), py::arg("task") = py::none(), py::arg("role") = "query",
            py::arg("add_prefix") = true)
       .def("embed",
-           [](M& s, py::handle texts, const std::string& task, const std::string& role, int dim,
-              bool truncate) {
+           [](M& s, py::handle texts, std::optional<std::string> task, const std::string& role,
+              std::optional<int> dim, bool truncate, std::optional<py::function> progress) {
              jv4::Request req = s.model->resolve(task, role, dim, truncate);
              const bool single = PyUnicode_Check(texts.ptr());
              std::vector<std::string> items =
@@ -120,12 +139,16 @@ void register_model(py::module_& m) {
                                               static_cast<py::ssize_t>(req.dim)});
              float* data = out.mutable_data();
              std::atomic<bool> cancel{false};
+             jv4::Progress counters;
+             jv4::Progress* counted = progress ? &counters : nullptr;
              jv4::Model* model = s.model.get();
-             run_blocking([&] { model->embed(items, req, data, &cancel); }, cancel, s.worker.get());
+             run_blocking([&] { model->embed(items, req, data, &cancel, counted); }, cancel,
+                          s.worker.get(), progress_tick(progress, counters));
              return out;
            },
-           py::arg("texts"), py::arg("task") = "", py::arg("role") = "query", py::arg("dim") = 0,
-           py::arg("truncate") = true);
+           py::arg("texts"), py::arg("task") = py::none(), py::arg("role") = "query",
+           py::arg("dim") = py::none(), py::arg("truncate") = true,
+           py::arg("progress") = py::none());
 }
 
 }  // namespace jv4py

@@ -73,7 +73,8 @@ void Worker::loop() {
   }
 }
 
-void run_blocking(const std::function<void()>& work, std::atomic<bool>& cancel, Worker* worker) {
+void run_blocking(const std::function<void()>& work, std::atomic<bool>& cancel, Worker* worker,
+                  const std::function<void()>& tick) {
   std::optional<py::error_already_set> interrupt;
   std::exception_ptr error;
   std::unique_ptr<Worker> own;
@@ -94,6 +95,13 @@ void run_blocking(const std::function<void()>& work, std::atomic<bool>& cancel, 
         if (PyErr_CheckSignals() != 0) {
           interrupt.emplace();  // takes the pending exception (KeyboardInterrupt)
           cancel.store(true);
+        } else if (tick) {
+          try {
+            tick();
+          } catch (py::error_already_set& e) {
+            interrupt.emplace(std::move(e));
+            cancel.store(true);
+          }
         }
       }
       lock.lock();
@@ -105,6 +113,7 @@ void run_blocking(const std::function<void()>& work, std::atomic<bool>& cancel, 
   flush_logs();
   if (interrupt) throw *interrupt;
   if (error) std::rethrow_exception(error);
+  if (tick) tick();
 }
 
 }  // namespace jv4py
@@ -131,4 +140,5 @@ PYBIND11_MODULE(_core, m) {
 
   jv4py::register_info(m);
   jv4py::register_model(m);
+  jv4py::register_jina(m);
 }

@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "engine/errors.hpp"
+#include "engine/jina.hpp"
 #include "engine/logging.hpp"
 #include "gguf.h"
 #include "llama.h"
@@ -30,16 +31,6 @@ constexpr int kDefaultMaxLength = 32768;  // the reference's max_length
 constexpr int kDefaultBatchTokens = 512;
 constexpr int kMaxSeqPerBatch = 256;      // llama.cpp's LLAMA_MAX_SEQ
 constexpr int kCtxGranule = 256;
-const int kTrainedDims[] = {128, 256, 512, 1024, 2048};
-const char* const kTasks[] = {"retrieval", "text-matching", "code"};
-
-std::string lower_dashed(std::string s) {
-  for (char& c : s) {
-    if (c == '_' || c == ' ') c = '-';
-    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  }
-  return s;
-}
 
 std::string meta(const llama_model* m, const std::string& key) {
   char buf[512];
@@ -50,22 +41,6 @@ std::string meta(const llama_model* m, const std::string& key) {
   llama_model_meta_val_str(m, key.c_str(), big.data(), big.size());
   big.resize(static_cast<size_t>(n));
   return big;
-}
-
-// "retrieval" / "text-matching" / "code" from a name, or "".
-std::string task_from_name(const std::string& raw) {
-  const std::string s = lower_dashed(raw);
-  if (s.find("retrieval") != std::string::npos) return "retrieval";
-  if (s.find("matching") != std::string::npos) return "text-matching";
-  if (s.find("text-code") != std::string::npos || s.find("-code") != std::string::npos)
-    return "code";
-  return "";
-}
-
-std::string join_quoted(const std::vector<std::string>& v) {
-  std::string out;
-  for (const auto& s : v) out += (out.empty() ? "'" : ", '") + s + "'";
-  return out;
 }
 
 std::string join_ints(const std::vector<int>& v) {
@@ -87,16 +62,6 @@ struct BatchHolder {
 };
 
 }  // namespace
-
-std::string jina_prefix(const std::string& task, const std::string& role) {
-  if (role != "query" && role != "passage") {
-    throw std::invalid_argument("role must be one of 'query', 'passage' (got '" + role + "')");
-  }
-  if (task == "text-matching") return "Query: ";  // symmetric task
-  if (task == "retrieval" || task == "code") return role == "query" ? "Query: " : "Passage: ";
-  throw std::invalid_argument("task must be one of 'retrieval', 'text-matching', 'code' (got '" +
-                              task + "')");
-}
 
 // The file is checked before llama.cpp sees it, so that common mistakes get a
 // precise message (and never reach an assertion inside ggml).
@@ -156,9 +121,12 @@ WeightTypes scan_weight_types(const std::string& path) {
 }  // namespace
 
 Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
-  if (opts.n_threads < 0) throw std::invalid_argument("n_threads must be >= 1 (or None for all cores)");
-  if (opts.max_length < 0) throw std::invalid_argument("max_length must be >= 1 (or None)");
-  if (opts.batch_tokens < 0) throw std::invalid_argument("batch_tokens must be >= 1 (or None)");
+  for (auto [name, v] : {std::pair{"n_threads", opts.n_threads}, std::pair{"max_length", opts.max_length},
+                         std::pair{"batch_tokens", opts.batch_tokens}}) {
+    if (v && *v < 1) {
+      throw std::invalid_argument(std::string(name) + " must be >= 1 (or None), got " + std::to_string(*v));
+    }
+  }
   precheck_file(path);
   init_backend();
   take_thread_errors();
@@ -168,7 +136,7 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
   mp.n_gpu_layers = 999;  // everything on the accelerator when the build has one
   const WeightTypes wt = scan_weight_types(path);
   take_thread_errors();  // a bad header is reported by the loader below
-  repack_ = opts.repack < 0 ? !wt.repack_is_slower : opts.repack != 0;
+  repack_ = opts.repack.value_or(!wt.repack_is_slower);
   mp.use_extra_bufts = repack_;
   if (repack_ && wt.repackable) {
     // Repacked weights are copies: under mmap the file's pages of the same
@@ -199,12 +167,12 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
     const std::string basename = meta(model_, "general.basename");
     const std::string file = std::filesystem::path(path).filename().string();
     for (const std::string* s : {&name, &basename, &file}) {
-      if (lower_dashed(*s).find("jina-embeddings-v4") != std::string::npos) jina_v4_ = true;
+      if (jina::is_jina_v4_name(*s)) jina_v4_ = true;
     }
     if (jina_v4_) {
       // metadata first, the file name only as a fallback
       for (const std::string* s : {&name, &basename, &file}) {
-        task_ = task_from_name(*s);
+        task_ = jina::task_from_name(*s);
         if (!task_.empty()) break;
       }
       pooling_ = "mean";
@@ -217,19 +185,18 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
     }
 
     int cap = n_ctx_train_ > 0 ? n_ctx_train_ : kDefaultMaxLength;
-    if (opts.max_length > 0) {
-      if (opts.max_length > cap) {
-        throw std::invalid_argument("max_length=" + std::to_string(opts.max_length) +
+    if (opts.max_length) {
+      if (*opts.max_length > cap) {
+        throw std::invalid_argument("max_length=" + std::to_string(*opts.max_length) +
                                     " is above the model's trained context (" +
                                     std::to_string(cap) + " tokens)");
       }
-      max_length_ = opts.max_length;
+      max_length_ = *opts.max_length;
     } else {
       max_length_ = std::min(kDefaultMaxLength, cap);
     }
-    batch_tokens_ = opts.batch_tokens > 0 ? opts.batch_tokens : kDefaultBatchTokens;
-    n_threads_ = opts.n_threads > 0 ? opts.n_threads
-                                    : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+    batch_tokens_ = opts.batch_tokens.value_or(kDefaultBatchTokens);
+    n_threads_ = opts.n_threads.value_or(std::max(1, static_cast<int>(std::thread::hardware_concurrency())));
     ensure_context(batch_tokens_);
     causal_ = llama_get_causal_attn(ctx_);
     if (!causal_ && batch_tokens_ < max_length_) {
@@ -260,6 +227,7 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
         {"causal", causal_ ? "1" : "0"},
         {"repack", repack_ ? "1" : "0"},
         {"load_mode", load_mode_},
+        {"file_type", llama_ftype_name(llama_model_ftype(model_))},
     };
   } catch (...) {
     free_context();
@@ -314,7 +282,7 @@ void Model::ensure_context(int n_ctx_needed) {
 std::vector<int> Model::dims() const {
   std::vector<int> out;
   if (jina_v4_) {
-    for (int d : kTrainedDims) {
+    for (int d : jina::trained_dims()) {
       if (d <= n_embd_) out.push_back(d);
     }
   } else {
@@ -323,22 +291,17 @@ std::vector<int> Model::dims() const {
   return out;
 }
 
-Request Model::resolve(const std::string& task_in, const std::string& role_in, int dim,
-                       bool truncate) const {
+Request Model::resolve(const std::optional<std::string>& task_in, const std::string& role,
+                       std::optional<int> dim, bool truncate) const {
   Request req;
   req.truncate = truncate;
-  const std::string role = role_in.empty() ? "query" : role_in;
   if (role != "query" && role != "passage") {
     throw std::invalid_argument("role must be one of 'query', 'passage' (got '" + role + "')");
   }
   if (jina_v4_) {
-    std::string task = task_in;
-    if (!task.empty()) {
-      bool known = false;
-      for (const char* t : kTasks) known = known || task == t;
-      if (!known) jina_prefix(task, role);  // throws the message listing the tasks
-    }
-    if (task.empty()) {
+    std::string task = task_in.value_or("");
+    if (task_in) jina::check_task(task);
+    if (!task_in) {
       if (task_.empty()) {
         throw std::invalid_argument(
             path_ + ": cannot tell which jina-embeddings-v4 task this file was merged for "
@@ -348,10 +311,10 @@ Request Model::resolve(const std::string& task_in, const std::string& role_in, i
       task = task_;
     } else if (!task_.empty() && task != task_) {
       std::string file = std::filesystem::path(path_).filename().string();
-      std::string want_tag = "text-" + (task == "text-matching" ? std::string("matching") : task);
-      std::string have_tag = "text-" + (task_ == "text-matching" ? std::string("matching") : task_);
+      std::string want_tag = "text-" + jina::name_tag(task);
+      std::string have_tag = "text-" + jina::name_tag(task_);
       std::string suggestion;
-      size_t at = lower_dashed(file).find(have_tag);
+      size_t at = jina::lower_dashed(file).find(have_tag);
       if (at != std::string::npos) {
         suggestion = file.substr(0, at) + want_tag + file.substr(at + have_tag.size());
       } else {
@@ -362,9 +325,9 @@ Request Model::resolve(const std::string& task_in, const std::string& role_in, i
                                   "' model; load " + suggestion + " for task='" + task +
                                   "' (or pass task=None)");
     }
-    req.prefix = jina_prefix(task, role);
+    req.prefix = jina::prefix(task, role);
   } else {
-    if (!task_in.empty()) {
+    if (task_in) {
       throw std::invalid_argument("task applies only to jina-embeddings-v4 models; " + path_ +
                                   " is not one (no prefix is added): leave task=None");
     }
@@ -373,17 +336,17 @@ Request Model::resolve(const std::string& task_in, const std::string& role_in, i
                                   " is not one (no prefix is added): leave role='query'");
     }
   }
-  if (dim == 0) {
+  if (!dim) {
     req.dim = n_embd_;
   } else {
     std::vector<int> allowed = dims();
-    if (!std::binary_search(allowed.begin(), allowed.end(), dim)) {
+    if (!std::binary_search(allowed.begin(), allowed.end(), *dim)) {
       std::string list = jina_v4_ ? join_ints(allowed)
                                   : "1.." + std::to_string(n_embd_);
       throw std::invalid_argument("dim must be one of " + list + " (or None for " +
-                                  std::to_string(n_embd_) + "); got " + std::to_string(dim));
+                                  std::to_string(n_embd_) + "); got " + std::to_string(*dim));
     }
-    req.dim = dim;
+    req.dim = *dim;
   }
   return req;
 }
@@ -418,7 +381,7 @@ std::vector<int32_t> Model::tokenize(const std::string& text, const std::string&
 }
 
 void Model::embed(const std::vector<std::string>& texts, const Request& req, float* out,
-                  const std::atomic<bool>* cancel) {
+                  const std::atomic<bool>* cancel, Progress* progress) {
   const size_t n = texts.size();
   const int dim = req.dim;
   if (n == 0) return;
@@ -438,6 +401,17 @@ void Model::embed(const std::vector<std::string>& texts, const Request& req, flo
       toks[i].resize(static_cast<size_t>(max_length_));
     }
   }
+
+  if (progress != nullptr) {
+    uint64_t total = 0;
+    for (const auto& t : toks) total += t.size();
+    progress->tokens_total.store(total, std::memory_order_relaxed);
+  }
+  auto advance = [&](uint64_t n_texts, uint64_t n_tokens) {
+    if (progress == nullptr) return;
+    progress->tokens.fetch_add(n_tokens, std::memory_order_relaxed);
+    progress->texts.fetch_add(n_texts, std::memory_order_relaxed);
+  };
 
   // 2. longest first: a context that must grow grows once, at the start
   std::vector<size_t> order(n);
@@ -529,6 +503,7 @@ void Model::embed(const std::vector<std::string>& texts, const Request& req, flo
     const size_t len0 = toks[first].size();
     if (len0 == 0) {  // only possible without a prefix and without special tokens
       finish(0, first, 0);
+      advance(1, 0);
       ++idx;
       continue;
     }
@@ -545,8 +520,10 @@ void Model::embed(const std::vector<std::string>& texts, const Request& req, flo
         }
         decode();
         accumulate();
+        advance(0, end - start);
       }
       finish(0, first, len0);
+      advance(1, 0);
       ++idx;
       continue;
     }
@@ -572,6 +549,7 @@ void Model::embed(const std::vector<std::string>& texts, const Request& req, flo
       const size_t row = order[idx + static_cast<size_t>(s)];
       finish(s, row, toks[row].size());
     }
+    advance(static_cast<uint64_t>(n_seq), static_cast<uint64_t>(used));
     idx = group_end;
   }
   llama_memory_clear(mem, true);

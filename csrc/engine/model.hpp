@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -16,10 +17,19 @@ struct llama_vocab;
 namespace jv4 {
 
 struct ModelOptions {
-  int n_threads = 0;     // 0: all cores
-  int max_length = 0;    // 0: 32768 capped by the trained context
-  int batch_tokens = 0;  // 0: default token budget per decode
-  int repack = -1;       // CPU weight repacking: -1 by weight type, 0 off, 1 on
+  std::optional<int> n_threads;     // none: all cores
+  std::optional<int> max_length;    // none: 32768 capped by the trained context
+  std::optional<int> batch_tokens;  // none: default token budget per decode
+  std::optional<bool> repack;       // CPU weight repacking; none: by weight type
+};
+
+// Counters that embed() advances as its decodes finish. Written by the
+// thread computing, read by any other (the binding polls them to drive a
+// progress bar), so reading costs the engine nothing but relaxed stores.
+struct Progress {
+  std::atomic<uint64_t> texts{0};         // texts whose vectors are written
+  std::atomic<uint64_t> tokens{0};        // tokens decoded so far
+  std::atomic<uint64_t> tokens_total{0};  // tokens of the call (known after tokenization)
 };
 
 // What embed() is asked for, after validation.
@@ -48,17 +58,18 @@ class Model {
   const std::map<std::string, std::string>& info() const { return info_; }
 
   // Validates task/role/dim (std::invalid_argument naming the allowed values).
-  // task "" and role "" mean the defaults; dim 0 means the full width.
-  Request resolve(const std::string& task, const std::string& role, int dim,
-                  bool truncate) const;
+  // No task: the file's own; no dim: the full width.
+  Request resolve(const std::optional<std::string>& task, const std::string& role,
+                  std::optional<int> dim, bool truncate) const;
 
   // Token ids of prefix + text, exactly as embed() feeds them (before truncation).
   std::vector<int32_t> tokenize(const std::string& text, const std::string& prefix) const;
 
   // Embeds texts into out[texts.size() * req.dim] (row-major, input order).
   // `cancel` is polled between and inside decodes; when set, throws Cancelled.
+  // `progress` (optional) is advanced after each decode.
   void embed(const std::vector<std::string>& texts, const Request& req, float* out,
-             const std::atomic<bool>* cancel);
+             const std::atomic<bool>* cancel, Progress* progress = nullptr);
 
  private:
   void ensure_context(int n_ctx_needed);
@@ -86,8 +97,5 @@ class Model {
   // read by llama.cpp's abort callback during a decode
   std::atomic<const std::atomic<bool>*> cancel_{nullptr};
 };
-
-// The jina-embeddings-v4 prefix for (task, role); std::invalid_argument if unknown.
-std::string jina_prefix(const std::string& task, const std::string& role);
 
 }  // namespace jv4

@@ -1,0 +1,255 @@
+"""jv4.Model: one GGUF embedding model (a path or a Hugging Face name)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+
+from . import _core
+from .hub import HubRef, parse_model_ref, resolve
+from .precision import check_precision, quantize_embeddings
+from .progress import embed_bar
+
+ProgressFn = Callable[[int, int, int], None]
+ModelSpec = Union[str, os.PathLike]
+
+_INT_INFO = {"n_embd", "n_layer", "n_head", "n_vocab", "n_ctx_train", "n_params", "size_bytes"}
+_BOOL_INFO = {"jina_v4", "causal", "repack"}
+
+
+def opt_int(name: str, value: Any) -> Optional[int]:
+    """None, or a positive int (TypeError / ValueError otherwise)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int or None, got {type(value).__name__}")
+    value = int(value)
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1 (or None), got {value}")
+    return value
+
+
+def _task_arg(task: Any) -> Optional[str]:
+    if task is not None and not isinstance(task, str):
+        raise TypeError(f"task must be a str or None (one of {', '.join(_core.TASKS)}), "
+                        f"got {type(task).__name__}")
+    return task
+
+
+def _role_arg(role: Any) -> str:
+    if not isinstance(role, str):
+        raise TypeError(f"role must be a str ('query' or 'passage'), got {type(role).__name__}")
+    return role
+
+
+def local_path(model: ModelSpec, *, quant: Optional[str] = None, revision: Optional[str] = None,
+               cache_dir=None, token=None, force_download: bool = False) -> str:
+    """A path for ``model``: itself when it is a path (or names an existing
+    one), else the GGUF resolved from the Hub name ``owner/name[:quant]``."""
+    ref = parse_model_ref(model)
+    if isinstance(ref, HubRef):
+        if quant is not None and ref.quant is not None and quant.upper() != ref.quant.upper():
+            raise ValueError(f"two quants given: {ref.quant!r} in {model!r} and quant={quant!r}")
+        return os.fspath(resolve(ref.repo_id, ref.quant or quant, revision=revision,
+                                 cache_dir=cache_dir, token=token, force_download=force_download))
+    if quant is not None or revision is not None:
+        raise ValueError(f"quant= and revision= apply to Hugging Face names, not to the path {model!r}")
+    return os.fspath(ref)
+
+
+class Model:
+    """A GGUF embedding model loaded once (memory-mapped) for many ``embed`` calls.
+
+    Parameters
+    ----------
+    model: a GGUF path, or a Hugging Face name ``"owner/repo-GGUF[:quant]"``
+        (resolved through huggingface_hub's cache, downloaded if needed; see
+        ``from_pretrained``). A string naming an existing path is a path.
+    n_threads: CPU threads for the forward pass (default: all cores).
+    max_length: token limit per text, prefix included (default 32768, capped by
+        the model's trained context; a larger value is a ValueError).
+    batch_tokens: token budget of one decode (default 512). Texts are packed
+        into decodes up to this many tokens; longer texts span several.
+    repack: let llama.cpp re-lay quantized weights for its CPU kernels
+        (True/False). Default None: on x86, off for files holding Q4_K or
+        Q2_K weights (faster unrepacked, measured); llama.cpp's default
+        otherwise. When weights are repacked the file is read rather than
+        memory-mapped, so that they are held once. ``info["repack"]`` and
+        ``info["load_mode"]`` say what was chosen.
+
+    Calls are thread-safe (one forward pass at a time per Model) and run
+    without the GIL. A bad file raises FileNotFoundError or ModelLoadError;
+    a name that cannot be resolved, jv4.ModelNotFoundError (or ValueError for
+    a quant the repository does not have).
+    """
+
+    def __init__(self, model: ModelSpec, *, n_threads: Optional[int] = None,
+                 max_length: Optional[int] = None, batch_tokens: Optional[int] = None,
+                 repack: Optional[bool] = None) -> None:
+        if repack is not None and not isinstance(repack, (bool, np.bool_)):
+            raise TypeError(f"repack must be True, False or None, got {type(repack).__name__}")
+        n_threads = opt_int("n_threads", n_threads)
+        max_length = opt_int("max_length", max_length)
+        batch_tokens = opt_int("batch_tokens", batch_tokens)
+        path = local_path(model)
+        self._core: Optional[_core.Model] = _core.Model(
+            path, n_threads, max_length, batch_tokens, None if repack is None else bool(repack))
+
+    @classmethod
+    def from_pretrained(cls, repo_id: str, quant: Optional[str] = None, *,
+                        revision: Optional[str] = None, cache_dir: Union[str, os.PathLike, None] = None,
+                        token: Union[str, bool, None] = None, force_download: bool = False,
+                        **model_kwargs: Any) -> "Model":
+        """Load the GGUF of Hugging Face repository ``repo_id`` whose file name
+        carries ``quant`` (case-insensitive: ``"Q4_K_M"``, ``"q8_0"``, ``"F16"``;
+        default Q4_K_M, or the repository's only GGUF). ``repo_id`` may also
+        read ``"owner/name:QUANT"``.
+
+        The cache (``HF_HOME``/``HF_HUB_CACHE`` or ``cache_dir``) is looked at
+        first: a cached file loads without any request. Otherwise the file is
+        downloaded by huggingface_hub (its progress bar, ``HF_TOKEN``,
+        ``HF_ENDPOINT``), unless ``HF_HUB_OFFLINE=1``. ``force_download=True``
+        fetches it again. Other keyword arguments go to ``Model``.
+        """
+        if not isinstance(repo_id, str):
+            raise TypeError(f"repo_id must be a str such as 'jinaai/jina-embeddings-v4-text-retrieval-GGUF', "
+                            f"got {type(repo_id).__name__}")
+        ref = parse_model_ref(repo_id)
+        if not isinstance(ref, HubRef) or os.path.exists(repo_id):
+            raise ValueError(f"repo_id must read 'owner/name' or 'owner/name:QUANT' (got {repo_id!r}); "
+                             "use jv4.Model(path) for a local file")
+        path = local_path(repo_id, quant=quant, revision=revision, cache_dir=cache_dir, token=token,
+                          force_download=force_download)
+        return cls(path, **model_kwargs)
+
+    # --- facts -----------------------------------------------------------
+    @property
+    def _m(self) -> _core.Model:
+        if self._core is None:
+            raise ValueError("this jv4.Model was closed")
+        return self._core
+
+    @property
+    def n_embd(self) -> int:
+        """Width of the full embedding."""
+        return self._m.n_embd
+
+    @property
+    def task(self) -> Optional[str]:
+        """The jina-v4 task this file was merged for (from its metadata or file
+        name); None for other models or when it cannot be told."""
+        return self._m.task
+
+    @property
+    def dims(self) -> list:
+        """Allowed ``dim`` values: the trained Matryoshka dims up to the width
+        for jina-v4 models, any of 1..n_embd for other models."""
+        return self._m.dims
+
+    @property
+    def max_length(self) -> int:
+        return self._m.max_length
+
+    @property
+    def path(self) -> str:
+        """The GGUF file loaded."""
+        return self._m.path
+
+    @property
+    def info(self) -> dict:
+        """Facts read from the GGUF (architecture, name, sizes, file_type,
+        pooling...)."""
+        out: dict = {}
+        for k, v in self._m.info.items():
+            if k in _INT_INFO:
+                out[k] = int(v)
+            elif k in _BOOL_INFO:
+                out[k] = v == "1"
+            else:
+                out[k] = v or None if k in ("task",) else v
+        return out
+
+    def close(self) -> None:
+        """Free the model's memory now (a call running in another thread
+        finishes first); later calls raise ValueError."""
+        self._core = None
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._core is None:
+            return "jv4.Model(<closed>)"
+        return (f"jv4.Model({self._core.path!r}, task={self.task!r}, n_embd={self.n_embd}, "
+                f"pooling={self._core.pooling!r})")
+
+    # --- work --------------------------------------------------------------
+    def embed(self, texts: Union[str, Sequence[str]], task: Optional[str] = None,
+              role: str = "query", dim: Optional[int] = None, *, truncate: bool = True,
+              precision: str = "float32", ranges: Optional[np.ndarray] = None,
+              calibration_embeddings: Optional[np.ndarray] = None,
+              show_progress: bool = False) -> np.ndarray:
+        """Embed ``texts`` into L2-normalised vectors.
+
+        A list of n strings gives a C-contiguous ``(n, dim)`` array (``(0, dim)``
+        for an empty list); a single string gives ``(dim,)``.
+
+        ``task`` (``"retrieval"``, ``"text-matching"``, ``"code"``; default: the
+        file's task) and ``role`` (``"query"`` or ``"passage"``) choose the
+        jina-v4 prefix (``Query: `` / ``Passage: ``). ``dim`` truncates to a
+        Matryoshka width (see ``dims``) and normalises again. Texts over
+        ``max_length`` tokens are cut on the right, or raise ValueError with
+        ``truncate=False``. For non-jina models no prefix is added, ``task``
+        must stay None and ``role`` "query".
+
+        ``precision``: ``"float32"`` (default), ``"float16"``, ``"int8"``,
+        ``"uint8"``, ``"binary"``, ``"ubinary"`` (sentence-transformers'
+        ``quantize_embeddings`` meanings; see ``jv4.precision``). The int
+        kinds take their per-dimension ranges from ``ranges=`` or
+        ``calibration_embeddings=``, else from this call's own vectors.
+
+        ``show_progress``: a tqdm bar (texts, and tokens/s) on stderr,
+        advanced as the engine's decodes finish.
+        """
+        return run_embed(lambda hook: self.embed_float32(texts, task, role, dim, truncate=truncate,
+                                                         progress=hook),
+                         texts, precision, ranges, calibration_embeddings, show_progress)
+
+    def embed_float32(self, texts: Union[str, Sequence[str]], task: Optional[str] = None,
+                      role: str = "query", dim: Optional[int] = None, *, truncate: bool = True,
+                      progress: Optional[ProgressFn] = None) -> np.ndarray:
+        """``embed`` with float32 output and a raw progress hook:
+        ``progress(texts_done, tokens_done, tokens_total)`` is called from the
+        calling thread while the engine works (at most every 50 ms) and once at
+        the end."""
+        return self._m.embed(texts, _task_arg(task), _role_arg(role), opt_int("dim", dim),
+                             bool(truncate), progress)
+
+    def tokenize(self, text: str, task: Optional[str] = None, role: str = "query", *,
+                 add_prefix: bool = True) -> np.ndarray:
+        """Token ids (int32) that ``embed`` feeds the model for ``text``:
+        the task/role prefix plus the text, before truncation."""
+        return self._m.tokenize(text, _task_arg(task), _role_arg(role), bool(add_prefix))
+
+
+def run_embed(run: Callable[[Optional[ProgressFn]], np.ndarray], texts: Any, precision: str,
+              ranges: Optional[np.ndarray], calibration_embeddings: Optional[np.ndarray],
+              show_progress: bool) -> np.ndarray:
+    """The part of ``embed`` around the engine call ``run(progress_hook)``:
+    the progress bar and the output precision."""
+    check_precision(precision)
+    try:
+        n = 1 if isinstance(texts, str) else len(texts)
+    except TypeError:
+        n = None
+    with embed_bar(n, enabled=bool(show_progress)) as hook:
+        out = run(hook)
+    if precision == "float32":
+        return out
+    return quantize_embeddings(out, precision, ranges=ranges, calibration_embeddings=calibration_embeddings)

@@ -1,0 +1,370 @@
+"""The `jv4` command (also `python -m jv4`).
+
+    jv4 embed "some text" "another"                 # JSON Lines on stdout
+    jv4 embed -i passages.txt -o passages.npy --role passage --dim 512
+    jv4 embed -i docs.jsonl --field body -o docs.jsonl.out.jsonl --task code
+    jv4 info [MODEL]
+    jv4 quantize SRC.gguf DST.gguf Q4_K_M
+
+Without -m, `embed` uses the official GGUF of --task (default retrieval) at
+--quant (default Q4_K_M), downloaded through huggingface_hub on first use.
+A user mistake prints one line `jv4: error: ...` and exits 2; Ctrl-C exits
+130; an output file appears under its name only once it is complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+
+import jv4
+
+from .hub import DEFAULT_QUANT
+from .precision import PRECISIONS, calibration_ranges, output_dtype, output_width, quantize_embeddings
+from .progress import Bar
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """A mistake in the command line or its input: one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage block
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+# --- input -------------------------------------------------------------------
+@dataclass
+class Record:
+    line: int                 # 1-based input line (0 for command-line texts)
+    text: str
+    fields: Optional[dict]    # the JSON object of a JSON Lines input line
+
+
+def _decode(raw: bytes, where: str, line: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{where} line {line} is not valid UTF-8 (byte {err.start} of the line)") from None
+
+
+def _read_records(stream: io.BufferedIOBase, where: str, jsonl: bool, field: str) -> Iterator[Record]:
+    """One record per line ('\\n'; a trailing '\\r' is dropped). Text input
+    keeps empty lines (one vector each, so row i is line i); JSON Lines skips
+    blank lines."""
+    for n, raw in enumerate(stream, start=1):
+        line = _decode(raw, where, n)
+        if line.endswith("\n"):
+            line = line[:-1]
+        if line.endswith("\r"):
+            line = line[:-1]
+        if not jsonl:
+            yield Record(n, line, None)
+            continue
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UsageError(f"{where} line {n} is not JSON: {err.msg} (column {err.colno})") from None
+        if not isinstance(obj, dict):
+            raise UsageError(f"{where} line {n} is not a JSON object")
+        if field not in obj:
+            raise UsageError(f"{where} line {n} has no field {field!r} (choose it with --field)")
+        if not isinstance(obj[field], str):
+            raise UsageError(f"{where} line {n}: field {field!r} is {type(obj[field]).__name__}, not a string")
+        yield Record(n, obj[field], obj)
+
+
+@contextlib.contextmanager
+def _open_input(path: str) -> Iterator[io.BufferedIOBase]:
+    if path == "-":
+        yield sys.stdin.buffer
+        return
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise UsageError(f"input file not found: {path}") from None
+    except OSError as err:
+        raise UsageError(f"cannot read {path}: {err.strerror}") from None
+    with f:
+        yield f
+
+
+def _load_records(a: argparse.Namespace) -> list[Record]:
+    if a.texts:
+        return [Record(0, t, None) for t in a.texts]
+    jsonl = a.format == "jsonl" or (a.format is None and (a.field is not None or
+                                                          a.input.endswith((".jsonl", ".ndjson"))))
+    where = "stdin" if a.input == "-" else a.input
+    with _open_input(a.input) as f:
+        return list(_read_records(f, where, jsonl, a.field or "text"))
+
+
+# --- output ------------------------------------------------------------------
+class _Output:
+    """Where vectors go: a .npy (memory-mapped), a .jsonl, or JSON Lines on
+    stdout. Files are written under a temporary name and renamed when
+    complete, so an interrupted run leaves no file that looks finished."""
+
+    def __init__(self, path: Optional[str], n: int, width: int, dtype: np.dtype, vector_field: str):
+        self.path = path
+        self.vector_field = vector_field
+        self.kind = "stdout" if path in (None, "-") else Path(path).suffix.lower()
+        if self.kind not in ("stdout", ".npy", ".jsonl"):
+            raise UsageError(f"-o must end in .npy or .jsonl (or be omitted for JSON on stdout), got {path}")
+        self.tmp: Optional[str] = None
+        if self.kind != "stdout":
+            out_dir = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(out_dir):
+                raise UsageError(f"output folder does not exist: {out_dir}")
+            self.tmp = os.path.join(out_dir, f".{os.path.basename(path)}.partial-{os.getpid()}")
+        if self.kind == ".npy":
+            self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=dtype, shape=(n, width))
+        elif self.kind == ".jsonl":
+            self.file = open(self.tmp, "w", encoding="utf-8")
+        else:
+            self.file = sys.stdout
+
+    def write(self, start: int, records: list[Record], vectors: np.ndarray) -> None:
+        if self.kind == ".npy":
+            self.array[start:start + len(records)] = vectors
+            return
+        lines = []
+        for rec, vec in zip(records, vectors.tolist()):
+            obj = dict(rec.fields) if rec.fields is not None else {"text": rec.text}
+            if rec.fields is not None and self.vector_field in rec.fields:
+                raise UsageError(f"input line {rec.line} already has a field {self.vector_field!r}: "
+                                 "name the vector's field with --vector-field")
+            obj[self.vector_field] = vec
+            lines.append(json.dumps(obj, ensure_ascii=False))
+        self.file.write("\n".join(lines) + "\n")
+        self.file.flush()
+
+    def commit(self) -> None:
+        if self.kind == ".npy":
+            self.array.flush()
+            del self.array
+        elif self.kind == ".jsonl":
+            self.file.close()
+        if self.tmp is not None:
+            os.replace(self.tmp, self.path)
+            self.tmp = None
+
+    def discard(self) -> None:
+        if self.kind == ".npy" and hasattr(self, "array"):
+            del self.array
+        elif self.kind == ".jsonl":
+            self.file.close()
+        if self.tmp is not None and os.path.exists(self.tmp):
+            os.remove(self.tmp)
+
+
+# --- commands ----------------------------------------------------------------
+def _model_kwargs(a: argparse.Namespace) -> dict:
+    return {k: v for k, v in (("n_threads", a.threads), ("batch_tokens", getattr(a, "batch_tokens", None)))
+            if v is not None}
+
+
+def _engine(a: argparse.Namespace):
+    """(object with embed_float32, task to pass, loaded Model)."""
+    if a.model is None:
+        emb = jv4.Embedder(a.quant, **_model_kwargs(a))
+        task = a.task or "retrieval"
+        return emb, task, emb.model(task)
+    if a.quant is not None and a.quant != DEFAULT_QUANT:
+        raise UsageError("--quant applies only without -m (give -m repo:QUANT instead)")
+    model = jv4.Model(a.model, **_model_kwargs(a))
+    return model, a.task, model
+
+
+def cmd_embed(a: argparse.Namespace) -> int:
+    if a.texts and a.input is not None:
+        raise UsageError("give texts as arguments or -i FILE, not both")
+    if not a.texts and a.input is None:
+        raise UsageError("nothing to embed: give texts as arguments, or -i FILE (- for stdin)")
+    if a.chunk < 1:
+        raise UsageError(f"--chunk must be >= 1, got {a.chunk}")
+    records = _load_records(a)
+    ranges = None
+    if a.ranges is not None:
+        if not a.precision.endswith("int8"):
+            raise UsageError("--ranges applies to --precision int8 or uint8")
+        try:
+            ranges = np.load(a.ranges)
+        except (OSError, ValueError) as err:
+            raise UsageError(f"cannot read --ranges {a.ranges}: {err}") from None
+
+    engine, task, model = _engine(a)
+    dim = a.dim or model.n_embd
+    model.embed_float32([], task, a.role, a.dim)  # checks task/role/dim before any output exists
+    n = len(records)
+    out = _Output(a.output, n, output_width(a.precision, dim), output_dtype(a.precision), a.vector_field)
+    bar = Bar(n, desc="embed") if a.progress else None
+    scratch = None
+    try:
+        two_pass = a.precision.endswith("int8") and ranges is None
+        if two_pass:
+            # the int kinds need ranges of the whole input: float32 first
+            # (in a temporary file, so a large input need not fit in memory)
+            scratch = np.memmap(tempfile.TemporaryFile(), dtype=np.float32, mode="w+", shape=(n, dim)) \
+                if n else np.empty((0, dim), np.float32)
+        for start in range(0, n, a.chunk):
+            chunk = records[start:start + a.chunk]
+            vecs = engine.embed_float32([r.text for r in chunk], task, a.role, a.dim,
+                                        progress=bar.hook(start) if bar else None)
+            if two_pass:
+                scratch[start:start + len(chunk)] = vecs
+            else:
+                out.write(start, chunk, quantize_embeddings(vecs, a.precision, ranges=ranges))
+        if two_pass:
+            if n == 1:
+                raise UsageError(f"--precision {a.precision} of a single text needs --ranges FILE.npy "
+                                 "(its own minimum and maximum are not a range)")
+            ranges = calibration_ranges(scratch) if n else np.zeros((2, dim), np.float32)
+            for start in range(0, n, a.chunk):
+                out.write(start, records[start:start + a.chunk],
+                          quantize_embeddings(scratch[start:start + a.chunk], a.precision, ranges=ranges))
+        if a.save_ranges is not None:
+            if ranges is None:
+                raise UsageError("--save-ranges applies to --precision int8 or uint8")
+            np.save(a.save_ranges, ranges)
+        out.commit()
+    except BaseException:
+        out.discard()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    if out.kind != "stdout" and not a.quiet:
+        print(f"wrote {a.output}: {n} x {output_width(a.precision, dim)} {a.precision}", file=sys.stderr)
+    return 0
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    if a.model is None:
+        print(json.dumps(jv4.build_info(), indent=2))
+        return 0
+    m = jv4.Model(a.model, n_threads=1)
+    info = m.info
+    path = m.path
+    facts = {
+        "path": path,
+        "architecture": info.get("architecture"),
+        "name": info.get("name") or None,
+        "jina_v4": info.get("jina_v4"),
+        "task": m.task,
+        "n_embd": m.n_embd,
+        "dims": m.dims,
+        "pooling": info.get("pooling"),
+        "file_type": info.get("file_type"),
+        "n_params": info.get("n_params"),
+        "n_layer": info.get("n_layer"),
+        "n_ctx_train": info.get("n_ctx_train"),
+        "max_length": m.max_length,
+        "file_bytes": os.path.getsize(path),
+    }
+    print(json.dumps(facts, indent=2))
+    return 0
+
+
+def cmd_quantize(a: argparse.Namespace) -> int:
+    from ._model import local_path
+
+    jv4.quantize(local_path(a.src), a.dst, a.type, n_threads=a.threads)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="jv4", description="Embeddings from jina-embeddings-v4 GGUF models, in process.")
+    ap.add_argument("--version", action="version", version=f"jv4 {jv4.__version__}")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{embed,info,quantize}")
+
+    e = sub.add_parser("embed", help="embed texts into vectors",
+                       description="Embed texts (arguments, a text file with one text a line, or "
+                                   "JSON Lines) into vectors: .npy, .jsonl, or JSON Lines on stdout.")
+    e.add_argument("texts", nargs="*", metavar="TEXT", help="texts to embed (or use -i)")
+    e.add_argument("-i", "--input", metavar="FILE",
+                   help="a UTF-8 file, one text a line, or JSON Lines (.jsonl or --field); - for stdin")
+    e.add_argument("--field", metavar="NAME", help="JSON Lines input: the field holding the text (default: text)")
+    e.add_argument("--format", choices=("lines", "jsonl"), help="input format (default: by extension / --field)")
+    e.add_argument("-m", "--model", metavar="MODEL",
+                   help="a GGUF path or a Hugging Face name repo[:QUANT] (default: the official "
+                        "jina-embeddings-v4 GGUF of --task)")
+    e.add_argument("--quant", default=DEFAULT_QUANT, help=f"quant of the official model without -m (default {DEFAULT_QUANT})")
+    e.add_argument("--task", choices=jv4.TASKS, help="jina-v4 task (default: retrieval, or the file's own)")
+    e.add_argument("--role", choices=jv4.ROLES, default="query", help="query or passage (default query)")
+    e.add_argument("--dim", type=int, help=f"Matryoshka width: {', '.join(map(str, jv4.MATRYOSHKA_DIMS))}")
+    e.add_argument("--precision", choices=PRECISIONS, default="float32",
+                   help="output precision (sentence-transformers' meanings; default float32)")
+    e.add_argument("--ranges", metavar="FILE.npy",
+                   help="int8/uint8: (2, dim) per-dimension min/max to quantize with "
+                        "(default: from the whole input)")
+    e.add_argument("--save-ranges", metavar="FILE.npy", help="int8/uint8: save the ranges used")
+    e.add_argument("-o", "--output", metavar="OUT", help="OUT.npy or OUT.jsonl (default: JSON Lines on stdout)")
+    e.add_argument("--vector-field", default="embedding", help="JSON output: the vector's field (default embedding)")
+    e.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    e.add_argument("--batch-tokens", type=int, help="token budget of one decode (default 512)")
+    e.add_argument("--chunk", type=int, default=4096, help="texts per engine call (default 4096)")
+    e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: when stderr is a terminal)")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary line")
+
+    i = sub.add_parser("info", help="build facts, or a model's facts, as JSON")
+    i.add_argument("model", nargs="?", metavar="MODEL", help="a GGUF path or repo[:QUANT]")
+
+    q = sub.add_parser("quantize", help="quantize a GGUF with llama.cpp's quantizer")
+    q.add_argument("src", help="a GGUF path or repo[:QUANT]")
+    q.add_argument("dst")
+    q.add_argument("type", choices=jv4.QUANT_TYPES, metavar="TYPE", help=", ".join(jv4.QUANT_TYPES))
+    q.add_argument("--threads", type=int)
+    return ap
+
+
+def main(argv: Optional[list] = None) -> int:
+    try:
+        a = build_parser().parse_args(argv)
+        if a.cmd == "embed":
+            if a.progress is None:
+                a.progress = not a.quiet and sys.stderr.isatty()
+            elif a.quiet:
+                a.progress = False
+            return cmd_embed(a)
+        if a.cmd == "info":
+            return cmd_info(a)
+        return cmd_quantize(a)
+    except KeyboardInterrupt:
+        print("jv4: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader of stdout went away (e.g. `| head`): stop quietly
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (UsageError, ValueError, TypeError, FileNotFoundError, jv4.ModelLoadError) as err:
+        print(f"jv4: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as err:  # e.g. disk full while writing
+        print(f"jv4: error: {_one_line(err)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())
