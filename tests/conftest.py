@@ -4,6 +4,7 @@ transformers reference holding the same weights (see modelgen.py)."""
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -102,3 +103,37 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+# --- a Hugging Face cache holding the official repo names -------------------
+HUB_QUANTS = ("F32", "F16")
+
+
+def repo_of(task: str) -> str:
+    return f"jinaai/jina-embeddings-v4-text-{TASK_TAGS[task]}-GGUF"
+
+
+def file_of(task: str, quant: str) -> str:
+    return f"jina-embeddings-v4-text-{TASK_TAGS[task]}-{quant}.gguf"
+
+
+@pytest.fixture(scope="session")
+def hf_cache(make_gguf, tmp_path_factory) -> Path:
+    """A Hugging Face cache holding, per task, the official repo name with two
+    quants (F32, F16) of the tiny synthetic model."""
+    import jv4
+    from hubstub import write_hf_cache
+
+    cache = tmp_path_factory.mktemp("hf-cache")
+    for task in jv4.TASKS:
+        write_hf_cache(cache, repo_of(task), {file_of(task, q): make_gguf(task=task, dtype=q) for q in HUB_QUANTS})
+    return cache
+
+
+def hub_env(extra: dict) -> dict:
+    """This process's environment without any HF_* setting, plus `extra`
+    (and loopback exempt from proxies)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    env.update(extra)
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    return env

@@ -5,7 +5,6 @@ Hub's HTTP API on 127.0.0.1 (online)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -14,39 +13,17 @@ from pathlib import Path
 import pytest
 
 import jv4
-from conftest import TASK_TAGS
-from hubstub import HubStub, write_hf_cache
+from conftest import HUB_QUANTS as QUANTS
+from conftest import file_of, hub_env, repo_of
+from hubstub import HubStub
 from jv4.hub import HubRef, parse_model_ref, quant_of
-
-QUANTS = ("F32", "F16")
-
-
-def repo_of(task: str) -> str:
-    return f"jinaai/jina-embeddings-v4-text-{TASK_TAGS[task]}-GGUF"
-
-
-def file_of(task: str, quant: str) -> str:
-    return f"jina-embeddings-v4-text-{TASK_TAGS[task]}-{quant}.gguf"
-
-
-@pytest.fixture(scope="session")
-def hf_cache(make_gguf, tmp_path_factory) -> Path:
-    """A Hugging Face cache holding, per task, the official repo name with two
-    quants of the tiny synthetic model."""
-    cache = tmp_path_factory.mktemp("hf-cache")
-    for task in jv4.TASKS:
-        write_hf_cache(cache, repo_of(task), {file_of(task, q): make_gguf(task=task, dtype=q) for q in QUANTS})
-    return cache
 
 
 def run_py(code: str, env: dict) -> dict:
     """Runs `code` in a fresh interpreter (huggingface_hub reads its settings
     from the environment at import) and returns the JSON it prints."""
-    full = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
-    full.update(env)
-    full["NO_PROXY"] = full["no_proxy"] = "127.0.0.1,localhost"
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=hub_env(env),
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
