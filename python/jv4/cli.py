@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import json
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -89,29 +91,54 @@ def _read_records(stream: io.BufferedIOBase, where: str, jsonl: bool, field: str
         yield Record(n, obj[field], obj)
 
 
-@contextlib.contextmanager
-def _open_input(path: str) -> Iterator[io.BufferedIOBase]:
-    if path == "-":
-        yield sys.stdin.buffer
-        return
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise UsageError(f"input file not found: {path}") from None
-    except OSError as err:
-        raise UsageError(f"cannot read {path}: {err.strerror}") from None
-    with f:
-        yield f
+class _Input:
+    """The records to embed: command-line texts, or a file read twice - once
+    to count and check every line before any output exists, once in chunks
+    while embedding - so a file of millions of lines is never held whole.
+    Standard input is first copied to a temporary file."""
 
+    def __init__(self, a: argparse.Namespace) -> None:
+        self.texts = a.texts
+        self.file = None
+        if self.texts:
+            self.n = len(self.texts)
+            return
+        self.jsonl = a.format == "jsonl" or (a.format is None and (
+            a.field is not None or a.input.endswith((".jsonl", ".ndjson"))))
+        self.field = a.field or "text"
+        if a.input == "-":
+            self.where = "stdin"
+            self.file = tempfile.TemporaryFile()
+            shutil.copyfileobj(sys.stdin.buffer, self.file)
+        else:
+            self.where = a.input
+            try:
+                self.file = open(a.input, "rb")
+            except FileNotFoundError:
+                raise UsageError(f"input file not found: {a.input}") from None
+            except OSError as err:
+                raise UsageError(f"cannot read {a.input}: {err.strerror}") from None
+        self.n = sum(1 for _ in self._records())
 
-def _load_records(a: argparse.Namespace) -> list[Record]:
-    if a.texts:
-        return [Record(0, t, None) for t in a.texts]
-    jsonl = a.format == "jsonl" or (a.format is None and (a.field is not None or
-                                                          a.input.endswith((".jsonl", ".ndjson"))))
-    where = "stdin" if a.input == "-" else a.input
-    with _open_input(a.input) as f:
-        return list(_read_records(f, where, jsonl, a.field or "text"))
+    def _records(self) -> Iterator[Record]:
+        if self.file is None:
+            return (Record(0, t, None) for t in self.texts)
+        self.file.seek(0)
+        return _read_records(self.file, self.where, self.jsonl, self.field)
+
+    def chunks(self, size: int) -> Iterator[tuple]:
+        records = self._records()
+        start = 0
+        while True:
+            chunk = list(itertools.islice(records, size))
+            if not chunk:
+                return
+            yield start, chunk
+            start += len(chunk)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
 
 
 # --- output ------------------------------------------------------------------
@@ -198,7 +225,6 @@ def cmd_embed(a: argparse.Namespace) -> int:
         raise UsageError("nothing to embed: give texts as arguments, or -i FILE (- for stdin)")
     if a.chunk < 1:
         raise UsageError(f"--chunk must be >= 1, got {a.chunk}")
-    records = _load_records(a)
     ranges = None
     if a.ranges is not None:
         if not a.precision.endswith("int8"):
@@ -207,40 +233,49 @@ def cmd_embed(a: argparse.Namespace) -> int:
             ranges = np.load(a.ranges)
         except (OSError, ValueError) as err:
             raise UsageError(f"cannot read --ranges {a.ranges}: {err}") from None
+    if a.save_ranges is not None and not a.precision.endswith("int8"):
+        raise UsageError("--save-ranges applies to --precision int8 or uint8")
 
+    source = _Input(a)
+    try:
+        return _embed_all(a, source, ranges)
+    finally:
+        source.close()
+
+
+def _embed_all(a: argparse.Namespace, source: _Input, ranges: Optional[np.ndarray]) -> int:
     engine, task, model = _engine(a)
     dim = a.dim or model.n_embd
     model.embed_float32([], task, a.role, a.dim)  # checks task/role/dim before any output exists
-    n = len(records)
-    out = _Output(a.output, n, output_width(a.precision, dim), output_dtype(a.precision), a.vector_field)
+    n = source.n
+    width = output_width(a.precision, dim)
+    two_pass = a.precision.endswith("int8") and ranges is None
+    if two_pass and n == 1:
+        raise UsageError(f"--precision {a.precision} of a single text needs --ranges FILE.npy "
+                         "(its own minimum and maximum are not a range)")
+    out = _Output(a.output, n, width, output_dtype(a.precision), a.vector_field)
     bar = Bar(n, desc="embed") if a.progress else None
-    scratch = None
+
+    def embed(start: int, chunk: list) -> np.ndarray:
+        return engine.embed_float32([r.text for r in chunk], task, a.role, a.dim,
+                                    progress=bar.hook(start) if bar else None)
+
     try:
-        two_pass = a.precision.endswith("int8") and ranges is None
         if two_pass:
-            # the int kinds need ranges of the whole input: float32 first
-            # (in a temporary file, so a large input need not fit in memory)
+            # the int kinds need the ranges of the whole input: float32 first, in
+            # a temporary file so that a large input need not fit in memory
             scratch = np.memmap(tempfile.TemporaryFile(), dtype=np.float32, mode="w+", shape=(n, dim)) \
                 if n else np.empty((0, dim), np.float32)
-        for start in range(0, n, a.chunk):
-            chunk = records[start:start + a.chunk]
-            vecs = engine.embed_float32([r.text for r in chunk], task, a.role, a.dim,
-                                        progress=bar.hook(start) if bar else None)
-            if two_pass:
-                scratch[start:start + len(chunk)] = vecs
-            else:
-                out.write(start, chunk, quantize_embeddings(vecs, a.precision, ranges=ranges))
-        if two_pass:
-            if n == 1:
-                raise UsageError(f"--precision {a.precision} of a single text needs --ranges FILE.npy "
-                                 "(its own minimum and maximum are not a range)")
+            for start, chunk in source.chunks(a.chunk):
+                scratch[start:start + len(chunk)] = embed(start, chunk)
             ranges = calibration_ranges(scratch) if n else np.zeros((2, dim), np.float32)
-            for start in range(0, n, a.chunk):
-                out.write(start, records[start:start + a.chunk],
-                          quantize_embeddings(scratch[start:start + a.chunk], a.precision, ranges=ranges))
+            for start, chunk in source.chunks(a.chunk):
+                out.write(start, chunk, quantize_embeddings(scratch[start:start + len(chunk)], a.precision,
+                                                            ranges=ranges))
+        else:
+            for start, chunk in source.chunks(a.chunk):
+                out.write(start, chunk, quantize_embeddings(embed(start, chunk), a.precision, ranges=ranges))
         if a.save_ranges is not None:
-            if ranges is None:
-                raise UsageError("--save-ranges applies to --precision int8 or uint8")
             np.save(a.save_ranges, ranges)
         out.commit()
     except BaseException:
@@ -250,7 +285,7 @@ def cmd_embed(a: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     if out.kind != "stdout" and not a.quiet:
-        print(f"wrote {a.output}: {n} x {output_width(a.precision, dim)} {a.precision}", file=sys.stderr)
+        print(f"wrote {a.output}: {n} x {width} {a.precision}", file=sys.stderr)
     return 0
 
 
