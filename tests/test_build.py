@@ -75,6 +75,21 @@ def test_module_links_no_llama_or_ggml_shared_library():
     assert not [p.name for p in pkg_dir.iterdir() if re.match(r"lib(llama|ggml)", p.name)]
 
 
+def test_module_exports_no_ggml_or_llama_symbols():
+    # another extension with its own static ggml (llama-cpp-python, whisper
+    # bindings) must not bind to jv4's copy, nor jv4 to theirs
+    if not sys.platform.startswith("linux"):
+        pytest.skip(f"checks ELF dynamic symbols (Linux); this platform is {sys.platform}")
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("nm (binutils) is needed to list dynamic symbols")
+    out = subprocess.run([nm, "-D", "--defined-only", jv4._core.__file__], capture_output=True, text=True,
+                         check=True).stdout
+    leaked = [line.split()[-1] for line in out.splitlines() if re.search(r" (ggml|gguf|llama)_", line)]
+    assert leaked == [], leaked[:20]
+    assert any(line.endswith(" PyInit_" + jv4._core.__name__.rsplit(".", 1)[-1]) for line in out.splitlines())
+
+
 def test_vendored_llama_cpp_is_not_tracked_by_git():
     if not (ROOT / ".git").exists():
         pytest.skip(f"needs a git checkout to ask git; {ROOT} has no .git (sdist?)")

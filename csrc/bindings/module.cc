@@ -118,7 +118,13 @@ void run_blocking(const std::function<void()>& work, std::atomic<bool>& cancel, 
 
 }  // namespace jv4py
 
-PYBIND11_MODULE(_core, m) {
+// The module's name: `_core` for a source build, `_core_<level>` for each of
+// the per-level builds of a wheel (CMake's JV4_MODULE_NAME).
+#ifndef JV4_MODULE_NAME
+#define JV4_MODULE_NAME _core
+#endif
+
+PYBIND11_MODULE(JV4_MODULE_NAME, m) {
   namespace py = pybind11;
   m.doc() = "jv4 native core (private; import jv4 instead)";
   m.attr("__version__") = JV4_VERSION;

@@ -18,7 +18,8 @@ import logging
 import os
 from typing import Optional, Union
 
-from . import _core
+from ._load import core as _core  # the compiled engine (one of several builds in a wheel)
+from ._load import dispatch as _dispatch
 from ._core import ModelLoadError
 from ._model import Model, opt_int
 from .embedder import Embedder
@@ -59,8 +60,12 @@ def build_info() -> dict:
     """What this build can do: ``version``, ``llama_cpp`` (version, commit,
     date, source), ``backends``, ``devices``, ``cpu_baseline``,
     ``cpu_features`` (instruction sets compiled into ggml) and
-    ``system_info`` (llama.cpp's own summary)."""
-    return _core.build_info()
+    ``system_info`` (llama.cpp's own summary), and ``dispatch``: which
+    compiled build was loaded (``loaded``, ``level``, ``available``,
+    ``supported`` by this CPU, and the ``reason``)."""
+    info = _core.build_info()
+    info["dispatch"] = dict(_dispatch)
+    return info
 
 
 def quantize(src: Union[str, os.PathLike], dst: Union[str, os.PathLike], type: str,
