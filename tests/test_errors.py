@@ -109,3 +109,19 @@ def test_bad_model_file_raises_model_load_error_naming_the_file(good, tmp_path, 
         assert issubclass(jv4.ModelLoadError, RuntimeError)
     """
     check(run_case(good, body))
+
+
+def test_gpu_placement_arguments_are_checked(load, make_gguf):
+    import jv4
+
+    path = make_gguf()
+    gpus = [d for d in jv4.build_info()["devices"] if not d.startswith("CPU")]
+    with pytest.raises(ValueError, match=rf"main_gpu={len(gpus)} but this build sees {len(gpus)} GPU device\(s\)"):
+        jv4.Model(path, main_gpu=len(gpus))
+    with pytest.raises(ValueError, match="n_gpu_layers must be >= 0"):
+        jv4.Model(path, n_gpu_layers=-2)
+    with pytest.raises(TypeError, match="n_gpu_layers must be an int or None"):
+        jv4.Model(path, n_gpu_layers="all")
+    cpu_only = jv4.Model(path, n_gpu_layers=0)
+    assert cpu_only.info["n_gpu_layers"] == 0 and load().info["n_gpu_layers"] == -1
+    assert (cpu_only.embed(["on the CPU"]) == load().embed(["on the CPU"])).all()

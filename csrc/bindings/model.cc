@@ -83,8 +83,9 @@ void register_model(py::module_& m) {
   py::class_<M>(m, "Model")
       .def(py::init([](const std::string& path, std::optional<int> n_threads,
                        std::optional<int> max_length, std::optional<int> batch_tokens,
-                       std::optional<bool> repack) {
-             jv4::ModelOptions opts{n_threads, max_length, batch_tokens, repack};
+                       std::optional<bool> repack, std::optional<int> n_gpu_layers,
+                       std::optional<int> main_gpu) {
+             jv4::ModelOptions opts{n_threads, max_length, batch_tokens, repack, n_gpu_layers, main_gpu};
              auto self = std::make_unique<M>();
              std::atomic<bool> cancel{false};
              run_blocking([&] { self->model = std::make_unique<jv4::Model>(path, opts); }, cancel,
@@ -92,7 +93,8 @@ void register_model(py::module_& m) {
              return self;
            }),
            py::arg("path"), py::arg("n_threads") = py::none(), py::arg("max_length") = py::none(),
-           py::arg("batch_tokens") = py::none(), py::arg("repack") = py::none())
+           py::arg("batch_tokens") = py::none(), py::arg("repack") = py::none(),
+           py::arg("n_gpu_layers") = py::none(), py::arg("main_gpu") = py::none())
       .def_property_readonly("n_embd", [](const M& s) { return s.model->n_embd(); })
       .def_property_readonly("task", [](const M& s) -> py::object {
         if (s.model->task().empty()) return py::none();

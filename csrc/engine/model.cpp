@@ -21,6 +21,7 @@
 #include "engine/errors.hpp"
 #include "engine/jina.hpp"
 #include "engine/logging.hpp"
+#include "ggml-backend.h"
 #include "gguf.h"
 #include "llama.h"
 
@@ -133,7 +134,27 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
 
   llama_model_params mp = llama_model_default_params();
   mp.load_mode = LLAMA_LOAD_MODE_MMAP;  // weights stay in the page cache, shared
-  mp.n_gpu_layers = 999;  // everything on the accelerator when the build has one
+  // Everything on the accelerator when the build has one (a build or a
+  // machine without one simply runs on the CPU).
+  if (opts.n_gpu_layers && *opts.n_gpu_layers < 0) {
+    throw std::invalid_argument("n_gpu_layers must be >= 0 (0: CPU only) or None for all layers, got " +
+                                std::to_string(*opts.n_gpu_layers));
+  }
+  mp.n_gpu_layers = opts.n_gpu_layers.value_or(-1);
+  if (opts.main_gpu) {
+    int n_gpus = 0;
+    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+      auto type = ggml_backend_dev_type(ggml_backend_dev_get(i));
+      if (type == GGML_BACKEND_DEVICE_TYPE_GPU || type == GGML_BACKEND_DEVICE_TYPE_IGPU) ++n_gpus;
+    }
+    if (*opts.main_gpu < 0 || *opts.main_gpu >= n_gpus) {
+      throw std::invalid_argument("main_gpu=" + std::to_string(*opts.main_gpu) + " but this build sees " +
+                                  std::to_string(n_gpus) + " GPU device(s)" +
+                                  (n_gpus ? " (0.." + std::to_string(n_gpus - 1) + ")" : std::string()));
+    }
+    mp.main_gpu = *opts.main_gpu;
+    mp.split_mode = LLAMA_SPLIT_MODE_NONE;  // the whole model on that one GPU
+  }
   const WeightTypes wt = scan_weight_types(path);
   take_thread_errors();  // a bad header is reported by the loader below
   repack_ = opts.repack.value_or(!wt.repack_is_slower);
@@ -228,6 +249,7 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
         {"repack", repack_ ? "1" : "0"},
         {"load_mode", load_mode_},
         {"file_type", llama_ftype_name(llama_model_ftype(model_))},
+        {"n_gpu_layers", std::to_string(mp.n_gpu_layers)},
     };
   } catch (...) {
     free_context();

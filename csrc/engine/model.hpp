@@ -21,6 +21,8 @@ struct ModelOptions {
   std::optional<int> max_length;    // none: 32768 capped by the trained context
   std::optional<int> batch_tokens;  // none: default token budget per decode
   std::optional<bool> repack;       // CPU weight repacking; none: by weight type
+  std::optional<int> n_gpu_layers;  // layers placed on the GPU; none: all (0: CPU only)
+  std::optional<int> main_gpu;      // the GPU holding the model; none: split over all GPUs
 };
 
 // Counters that embed() advances as its decodes finish. Written by the

@@ -22,7 +22,8 @@ def quantize(src: str, dst: str, type: str, n_threads: Optional[int] = None) -> 
 
 class Model:
     def __init__(self, path: str, n_threads: Optional[int] = None, max_length: Optional[int] = None,
-                 batch_tokens: Optional[int] = None, repack: Optional[bool] = None) -> None: ...
+                 batch_tokens: Optional[int] = None, repack: Optional[bool] = None,
+                 n_gpu_layers: Optional[int] = None, main_gpu: Optional[int] = None) -> None: ...
     @property
     def n_embd(self) -> int: ...
     @property

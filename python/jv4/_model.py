@@ -16,7 +16,7 @@ from .progress import embed_bar
 ProgressFn = Callable[[int, int, int], None]
 ModelSpec = Union[str, os.PathLike]
 
-_INT_INFO = {"n_embd", "n_layer", "n_head", "n_vocab", "n_ctx_train", "n_params", "size_bytes"}
+_INT_INFO = {"n_embd", "n_layer", "n_head", "n_vocab", "n_ctx_train", "n_params", "size_bytes", "n_gpu_layers"}
 _BOOL_INFO = {"jina_v4", "causal", "repack"}
 
 
@@ -79,6 +79,11 @@ class Model:
         otherwise. When weights are repacked the file is read rather than
         memory-mapped, so that they are held once. ``info["repack"]`` and
         ``info["load_mode"]`` say what was chosen.
+    n_gpu_layers: in a build with a GPU backend (CUDA, Metal), how many layers
+        go to the GPU (default None: all; 0: none). No effect where there is
+        no GPU.
+    main_gpu: the GPU (0-based) that holds the whole model; default None:
+        llama.cpp's split over all GPUs. A ValueError names the GPUs seen.
 
     Calls are thread-safe (one forward pass at a time per Model) and run
     without the GIL. A bad file raises FileNotFoundError or ModelLoadError;
@@ -88,15 +93,20 @@ class Model:
 
     def __init__(self, model: ModelSpec, *, n_threads: Optional[int] = None,
                  max_length: Optional[int] = None, batch_tokens: Optional[int] = None,
-                 repack: Optional[bool] = None) -> None:
+                 repack: Optional[bool] = None, n_gpu_layers: Optional[int] = None,
+                 main_gpu: Optional[int] = None) -> None:
         if repack is not None and not isinstance(repack, (bool, np.bool_)):
             raise TypeError(f"repack must be True, False or None, got {type(repack).__name__}")
         n_threads = opt_int("n_threads", n_threads)
         max_length = opt_int("max_length", max_length)
         batch_tokens = opt_int("batch_tokens", batch_tokens)
+        for name, v in (("n_gpu_layers", n_gpu_layers), ("main_gpu", main_gpu)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
+                raise TypeError(f"{name} must be an int or None, got {type(v).__name__}")
         path = local_path(model)
         self._core: Optional[_core.Model] = _core.Model(
-            path, n_threads, max_length, batch_tokens, None if repack is None else bool(repack))
+            path, n_threads, max_length, batch_tokens, None if repack is None else bool(repack),
+            None if n_gpu_layers is None else int(n_gpu_layers), None if main_gpu is None else int(main_gpu))
 
     @classmethod
     def from_pretrained(cls, repo_id: str, quant: Optional[str] = None, *,
