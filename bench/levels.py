@@ -56,7 +56,7 @@ def main() -> None:
     texts = json.dumps(docstring_passages(a.texts))
     runs = {"host": (sys.executable, {})}
     for level in ("avx512", "x86-64-v3", "x86-64-v2"):
-        runs[level] = (str(a.wheel_python), {"JV4_CPU": level})
+        runs[level] = (os.path.abspath(a.wheel_python), {"JV4_CPU": level})
     rates: dict = {k: [] for k in runs}
     seen: dict = {}
     for r in range(a.rounds):
