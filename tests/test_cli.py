@@ -141,6 +141,7 @@ def test_user_mistakes_are_one_line_and_exit_2(model_path, hf_cache, tmp_path):
     assert "dim must be one of 128, 256" in one_error_line(run(["embed", "-m", model_path, "x", "--dim", 100]))
     assert "no such file" in one_error_line(run(["embed", "-m", tmp_path / "missing.gguf", "x"]))
     assert "nothing to embed" in one_error_line(run(["embed", "-m", model_path]))
+    assert "--field applies to JSON Lines" in one_error_line(run(["embed", "-m", model_path, "x", "--field", "b"]))
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"fine\nnot \xff utf-8\n")
     assert "line 2 is not valid UTF-8" in one_error_line(run(["embed", "-m", model_path, "-i", bad]))

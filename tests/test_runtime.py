@@ -138,13 +138,18 @@ def test_repeated_calls_do_not_grow_memory(make_gguf):
         calls = rss_kb() - start
         for _ in range(3):
             jv4.Model(sys.argv[1]).embed(["load and drop"])
-        start = rss_kb()
-        for _ in range(15):
-            jv4.Model(sys.argv[1]).embed(["load and drop"])
-        loads = rss_kb() - start
-        print("GROWTH", calls, loads)
+        # two equal windows of load/free cycles: a leak grows both; a one-off
+        # jump (seen under load: ~20 MB once, from a new thread arena or
+        # OpenMP pool) grows only one
+        windows = []
+        for _ in range(2):
+            start = rss_kb()
+            for _ in range(15):
+                jv4.Model(sys.argv[1]).embed(["load and drop"])
+            windows.append(rss_kb() - start)
+        print("GROWTH", calls, min(windows), max(windows))
     """)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    calls, loads = map(int, proc.stdout.split("GROWTH")[1].split())
+    calls, loads, other = map(int, proc.stdout.split("GROWTH")[1].split())
     assert calls < 8 * 1024, f"{calls} KiB growth over 3000 embed calls"
-    assert loads < 4 * 1024, f"{loads} KiB growth over 15 load/free cycles"
+    assert loads < 4 * 1024, f"{loads} and {other} KiB growth over two windows of 15 load/free cycles"

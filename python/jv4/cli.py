@@ -225,6 +225,8 @@ def cmd_embed(a: argparse.Namespace) -> int:
         raise UsageError("nothing to embed: give texts as arguments, or -i FILE (- for stdin)")
     if a.chunk < 1:
         raise UsageError(f"--chunk must be >= 1, got {a.chunk}")
+    if a.field is not None and (a.texts or a.format == "lines"):
+        raise UsageError("--field applies to JSON Lines input (-i FILE.jsonl or --format jsonl)")
     ranges = None
     if a.ranges is not None:
         if not a.precision.endswith("int8"):
