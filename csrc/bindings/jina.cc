@@ -11,19 +11,8 @@ void register_jina(py::module_& m) {
   m.attr("TASKS") = py::tuple(py::cast(jv4::jina::tasks()));
   m.attr("ROLES") = py::tuple(py::cast(jv4::jina::roles()));
   m.attr("MATRYOSHKA_DIMS") = py::tuple(py::cast(jv4::jina::trained_dims()));
-  m.def("jina_prefix", &jv4::jina::prefix, py::arg("task"), py::arg("role"),
-        "The text put in front of every input for (task, role).");
   m.def("jina_official_repo", &jv4::jina::official_repo, py::arg("task"),
         "The official GGUF repository of a task.");
-  m.def(
-      "jina_task_from_name",
-      [](const std::string& name) -> std::optional<std::string> {
-        if (!jv4::jina::is_jina_v4_name(name)) return std::nullopt;
-        std::string t = jv4::jina::task_from_name(name);
-        if (t.empty()) return std::nullopt;
-        return t;
-      },
-      py::arg("name"), "The task a jina-embeddings-v4 model or file name says, or None.");
 }
 
 }  // namespace jv4py

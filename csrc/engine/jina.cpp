@@ -45,10 +45,14 @@ void check_task(const std::string& task) {
   }
 }
 
-std::string prefix(const std::string& task, const std::string& role) {
+void check_role(const std::string& role) {
   if (!contains(roles(), role)) {
     throw std::invalid_argument("role must be one of " + quoted_list(roles()) + " (got '" + role + "')");
   }
+}
+
+std::string prefix(const std::string& task, const std::string& role) {
+  check_role(role);
   check_task(task);
   if (task == "text-matching") return "Query: ";  // symmetric task
   return role == "query" ? "Query: " : "Passage: ";

@@ -18,8 +18,9 @@ const std::vector<int>& trained_dims();
 // The prefix for (task, role); std::invalid_argument naming the allowed values.
 std::string prefix(const std::string& task, const std::string& role);
 
-// Throws std::invalid_argument listing the tasks when `task` is not one.
+// Throw std::invalid_argument listing the allowed values when the argument is not one.
 void check_task(const std::string& task);
+void check_role(const std::string& role);
 
 // True when a model name or file name says jina-embeddings-v4.
 bool is_jina_v4_name(const std::string& name);

@@ -128,6 +128,10 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
       throw std::invalid_argument(std::string(name) + " must be >= 1 (or None), got " + std::to_string(*v));
     }
   }
+  if (opts.n_gpu_layers && *opts.n_gpu_layers < 0) {
+    throw std::invalid_argument("n_gpu_layers must be >= 0 (0: CPU only) or None for all layers, got " +
+                                std::to_string(*opts.n_gpu_layers));
+  }
   precheck_file(path);
   init_backend();
   take_thread_errors();
@@ -136,10 +140,6 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
   mp.load_mode = LLAMA_LOAD_MODE_MMAP;  // weights stay in the page cache, shared
   // Everything on the accelerator when the build has one (a build or a
   // machine without one simply runs on the CPU).
-  if (opts.n_gpu_layers && *opts.n_gpu_layers < 0) {
-    throw std::invalid_argument("n_gpu_layers must be >= 0 (0: CPU only) or None for all layers, got " +
-                                std::to_string(*opts.n_gpu_layers));
-  }
   mp.n_gpu_layers = opts.n_gpu_layers.value_or(-1);
   if (opts.main_gpu) {
     int n_gpus = 0;
@@ -317,9 +317,7 @@ Request Model::resolve(const std::optional<std::string>& task_in, const std::str
                        std::optional<int> dim, bool truncate) const {
   Request req;
   req.truncate = truncate;
-  if (role != "query" && role != "passage") {
-    throw std::invalid_argument("role must be one of 'query', 'passage' (got '" + role + "')");
-  }
+  jina::check_role(role);
   if (jina_v4_) {
     std::string task = task_in.value_or("");
     if (task_in) jina::check_task(task);

@@ -20,15 +20,15 @@ _INT_INFO = {"n_embd", "n_layer", "n_head", "n_vocab", "n_ctx_train", "n_params"
 _BOOL_INFO = {"jina_v4", "causal", "repack"}
 
 
-def opt_int(name: str, value: Any) -> Optional[int]:
-    """None, or a positive int (TypeError / ValueError otherwise)."""
+def opt_int(name: str, value: Any, minimum: int = 1) -> Optional[int]:
+    """None, or an int >= minimum (TypeError / ValueError otherwise)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int or None, got {type(value).__name__}")
     value = int(value)
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1 (or None), got {value}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum} (or None), got {value}")
     return value
 
 
@@ -100,13 +100,12 @@ class Model:
         n_threads = opt_int("n_threads", n_threads)
         max_length = opt_int("max_length", max_length)
         batch_tokens = opt_int("batch_tokens", batch_tokens)
-        for name, v in (("n_gpu_layers", n_gpu_layers), ("main_gpu", main_gpu)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
-                raise TypeError(f"{name} must be an int or None, got {type(v).__name__}")
+        n_gpu_layers = opt_int("n_gpu_layers", n_gpu_layers, minimum=0)
+        main_gpu = opt_int("main_gpu", main_gpu, minimum=0)
         path = local_path(model)
         self._core: Optional[_core.Model] = _core.Model(
             path, n_threads, max_length, batch_tokens, None if repack is None else bool(repack),
-            None if n_gpu_layers is None else int(n_gpu_layers), None if main_gpu is None else int(main_gpu))
+            n_gpu_layers, main_gpu)
 
     @classmethod
     def from_pretrained(cls, repo_id: str, quant: Optional[str] = None, *,
