@@ -81,3 +81,20 @@ def test_sdist_carries_the_pruned_llama_cpp_and_its_licences(tmp_path):
     with tarfile.open(sdist) as tf:
         member = next(m for m in tf.getmembers() if m.name.endswith("/vendor/llama.cpp/src/models/qwen2.cpp"))
         assert "jv4 patch" in tf.extractfile(member).read().decode()
+
+
+def test_integrations_are_extras_the_base_install_does_not_pull_in():
+    from importlib.metadata import requires
+
+    reqs = requires("jv4") or []
+    base = [r for r in reqs if "extra ==" not in r]
+    names = " ".join(base).lower()
+    assert "ray" not in names and "langchain" not in names and "pyarrow" not in names, base
+    assert any(r.startswith("ray[data]") and 'extra == "ray"' in r for r in reqs), reqs
+    assert any(r.startswith("langchain-core") and 'extra == "langchain"' in r for r in reqs), reqs
+    # and importing jv4 imports neither
+    proc = subprocess.run([sys.executable, "-c", "import sys, jv4; print(sorted(m for m in sys.modules "
+                           "if m.split('.')[0] in ('ray', 'langchain_core', 'pyarrow', 'torch')))"],
+                          capture_output=True, text=True, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

@@ -110,6 +110,16 @@ def test_llama_cpp_log_lines_reach_python_logging(make_gguf, caplog):
     assert any("llama" in r.getMessage() or "load" in r.getMessage() for r in records)
 
 
+def test_loading_and_embedding_a_good_model_warns_nothing(make_gguf, caplog):
+    """llama.cpp's note that jv4 pools itself (pooling_type differs from the
+    model's) is expected, so it is DEBUG; a good model gives no WARNING."""
+    with caplog.at_level(logging.DEBUG, logger="jv4"):
+        jv4.Model(make_gguf()).embed(["a text"])
+    records = [r for r in caplog.records if r.name == "jv4"]
+    assert any("pooling_type" in r.getMessage() and r.levelno == logging.DEBUG for r in records)
+    assert [r.getMessage() for r in records if r.levelno >= logging.WARNING] == []
+
+
 def test_repeated_calls_do_not_grow_memory(make_gguf):
     proc = _script(make_gguf(), """
         import sys, gc, ctypes, jv4

@@ -13,6 +13,8 @@ void register_jina(py::module_& m) {
   m.attr("MATRYOSHKA_DIMS") = py::tuple(py::cast(jv4::jina::trained_dims()));
   m.def("jina_official_repo", &jv4::jina::official_repo, py::arg("task"),
         "The official GGUF repository of a task.");
+  m.def("jina_prefix", &jv4::jina::prefix, py::arg("task"), py::arg("role"),
+        "The text put before a text of this task and role (ValueError for others).");
 }
 
 }  // namespace jv4py

@@ -39,13 +39,20 @@ void on_log(ggml_log_level level, const char* text, void*) {
     std::string line = t_partial.substr(0, nl);
     t_partial.erase(0, nl + 1);
     if (line.empty()) continue;
-    if (t_partial_level == LogLevel::Error) {
+    LogLevel line_level = t_partial_level;
+    // jv4 asks for per-token outputs (pooling NONE) and pools itself, so
+    // llama.cpp's note that this differs from the model's pooling is expected.
+    if (line_level == LogLevel::Warning && line.find("pooling_type") != std::string::npos &&
+        line.find("was specified") != std::string::npos) {
+      line_level = LogLevel::Debug;
+    }
+    if (line_level == LogLevel::Error) {
       if (!t_errors.empty()) t_errors += "; ";
       t_errors += line;
     }
     std::lock_guard<std::mutex> lock(g_mu);
     if (g_queue.size() >= kMaxQueued) g_queue.pop_front();
-    g_queue.push_back({t_partial_level, std::move(line)});
+    g_queue.push_back({line_level, std::move(line)});
   }
 }
 

@@ -17,7 +17,8 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from . import _core
-from ._model import Model, ModelSpec, local_path, run_embed
+from ._model import Model, ModelSpec, _default_prompt, local_path, run_embed
+from .encode import encode as st_encode
 from .hub import DEFAULT_QUANT, HubRef, parse_model_ref
 from .precision import check_precision
 
@@ -122,6 +123,23 @@ class Embedder:
         return run_embed(lambda hook: model.embed_float32(texts, task, role, dim, truncate=truncate,
                                                           progress=hook),
                          texts, precision, ranges, calibration_embeddings, show_progress)
+
+    def encode(self, inputs: Any = None, prompt_name: Optional[str] = None, prompt: Optional[str] = None,
+               batch_size: int = 32, show_progress_bar: Optional[bool] = None, *, task: str = "retrieval",
+               **kwargs: Any) -> Any:
+        """sentence-transformers' ``encode`` on the model of ``task`` (default
+        ``"retrieval"``); see ``Model.encode`` and ``jv4.encode``."""
+        model = self.model(task)
+        return st_encode(lambda texts, role, hook: model.embed_float32(texts, task, role, progress=hook),
+                         task, inputs, prompt_name, prompt, batch_size, show_progress_bar, **kwargs)
+
+    def encode_query(self, inputs: Any = None, prompt_name: Optional[str] = None, **kwargs: Any) -> Any:
+        """``encode`` with the query prompt (sentence-transformers' ``encode_query``)."""
+        return self.encode(inputs, _default_prompt(prompt_name, kwargs, "query"), **kwargs)
+
+    def encode_document(self, inputs: Any = None, prompt_name: Optional[str] = None, **kwargs: Any) -> Any:
+        """``encode`` with the passage prompt (sentence-transformers' ``encode_document``)."""
+        return self.encode(inputs, _default_prompt(prompt_name, kwargs, "passage"), **kwargs)
 
     def embed_float32(self, texts, task: str = "retrieval", role: str = "query",
                       dim: Optional[int] = None, *, truncate: bool = True, progress=None) -> np.ndarray:
