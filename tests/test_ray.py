@@ -161,7 +161,22 @@ def test_a_bad_model_fails_the_job_not_hangs(cluster, tmp_path):
 
 
 def test_default_layout():
-    assert jray.default_layout(2) == (1, 2)
+    assert jray.default_layout(2) == (2, 1)
+    assert jray.default_layout(4) == (2, 2)
     assert jray.default_layout(16) == (4, 4)
+    assert jray.default_layout(64, node_cpus=8) == (16, 4)
     assert jray.default_layout(6, threads_per_actor=1) == (6, 1)
-    assert jray.default_layout(3) == (1, 3)
+    assert jray.default_layout(1) == (1, 1)
+
+
+def test_one_actor_with_every_cpu_does_not_starve_the_reads(cluster, path, tmp_path):
+    """1 actor x 2 threads on 2 CPUs, reading Parquet: it reserves 1 CPU and
+    runs 2 threads, so the read and write tasks get the other."""
+    import pyarrow.parquet as pq
+
+    dataset().limit(300).write_parquet(str(tmp_path / "in"))
+    ds = ray.data.read_parquet(str(tmp_path / "in"))
+    jray.embed_dataset(ds, path, actors=1, threads_per_actor=2).write_parquet(str(tmp_path / "out"))
+    assert pq.read_table(str(tmp_path / "out")).num_rows == 300
+    with pytest.raises(ValueError, match="no node of this cluster has that many CPUs"):
+        jray.embed_dataset(ds, path, threads_per_actor=3)

@@ -147,13 +147,22 @@ def _assigned_cpus() -> Optional[int]:
     return max(1, math.floor(cpus)) if cpus else None
 
 
-def default_layout(cluster_cpus: int, threads_per_actor: Optional[int] = None) -> tuple:
-    """(actors, threads per actor) for a cluster with ``cluster_cpus`` CPUs:
-    actors of up to 4 threads (each thread count is its actor's ``num_cpus``),
-    as many as fit. Measured on 2 cores in docs/benchmarks.md."""
+def default_layout(cluster_cpus: int, threads_per_actor: Optional[int] = None,
+                   node_cpus: Optional[int] = None) -> tuple:
+    """(actors, threads per actor) for a cluster of ``cluster_cpus`` CPUs
+    whose largest node has ``node_cpus`` (default: the same): actors of up to
+    4 threads and at most half a node, as many as fit. Half a node, so that
+    an actor never takes a whole node: the read and write tasks around the
+    pool need a CPU too (measured on 2 cores in docs/benchmarks.md: 2 actors
+    x 1 thread run as fast as 1 x 2)."""
     cluster_cpus = max(1, int(cluster_cpus))
-    threads = threads_per_actor or min(4, cluster_cpus)
+    node_cpus = max(1, int(node_cpus or cluster_cpus))
+    threads = threads_per_actor or min(4, max(1, node_cpus // 2))
     return max(1, cluster_cpus // threads), threads
+
+
+def _node_cpus() -> int:
+    return int(max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1))
 
 
 def embed_dataset(ds: "ray.data.Dataset", model: Any = None, *, text_column: str = "text",
@@ -166,7 +175,8 @@ def embed_dataset(ds: "ray.data.Dataset", model: Any = None, *, text_column: str
 
     ``model``: a GGUF path, a Hub name, a ``jv4.Model`` (its file is used) or
     None for the official GGUF of ``task`` (Q4_K_M). ``actors`` and
-    ``threads_per_actor`` default to ``default_layout`` of the cluster's CPUs;
+    ``threads_per_actor`` default to ``default_layout`` of the cluster's CPUs
+    (each actor reserves its threads' CPUs, one less if that is a whole node);
     ``batch_size`` is texts per batch. ``precision`` int8/uint8 needs
     ``ranges=`` (one calibration for the whole dataset).
     """
@@ -176,7 +186,15 @@ def embed_dataset(ds: "ray.data.Dataset", model: Any = None, *, text_column: str
     batch_size = opt_int("batch_size", batch_size)
     if not ray.is_initialized():
         ray.init()
-    n_actors, threads = default_layout(int(ray.cluster_resources().get("CPU", 1)), threads_per_actor)
+    node_cpus = _node_cpus()
+    if threads_per_actor is not None and threads_per_actor > node_cpus:
+        raise ValueError(f"threads_per_actor={threads_per_actor}: no node of this cluster has that many "
+                         f"CPUs (the largest has {node_cpus})")
+    n_actors, threads = default_layout(int(ray.cluster_resources().get("CPU", 1)), threads_per_actor, node_cpus)
+    # an actor that reserved a whole node would leave the tasks reading and
+    # writing its batches no CPU there (a deadlock): it reserves one less and
+    # still runs `threads` engine threads
+    reserve = threads if threads < node_cpus or node_cpus == 1 else node_cpus - 1
     return ds.map_batches(
         EmbedBatches,
         fn_constructor_kwargs=dict(model=_model_spec(model, task), text_column=text_column,
@@ -186,7 +204,7 @@ def embed_dataset(ds: "ray.data.Dataset", model: Any = None, *, text_column: str
         # CPU while the read tasks feeding it wait for one (a deadlock seen on
         # 2 CPUs with read_parquet and 2 actors)
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors or n_actors),
-        num_cpus=threads,
+        num_cpus=reserve,
         batch_size=batch_size,
         batch_format="pyarrow",
     )
