@@ -9,6 +9,7 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 
 from . import _core
+from .encode import EncodeQueryDocument
 from .encode import encode as st_encode
 from .hub import HubRef, parse_model_ref, resolve
 from .precision import check_precision, quantize_embeddings
@@ -61,7 +62,7 @@ def local_path(model: ModelSpec, *, quant: Optional[str] = None, revision: Optio
     return os.fspath(ref)
 
 
-class Model:
+class Model(EncodeQueryDocument):
     """A GGUF embedding model loaded once (memory-mapped) for many ``embed`` calls.
 
     Parameters
@@ -257,26 +258,11 @@ class Model:
         return st_encode(lambda texts, role, hook: self.embed_float32(texts, task, role, progress=hook),
                          task, inputs, prompt_name, prompt, batch_size, show_progress_bar, **kwargs)
 
-    def encode_query(self, inputs: Any = None, prompt_name: Optional[str] = None, **kwargs: Any) -> Any:
-        """``encode`` with the query prompt (as sentence-transformers' ``encode_query``)."""
-        return self.encode(inputs, _default_prompt(prompt_name, kwargs, "query"), **kwargs)
-
-    def encode_document(self, inputs: Any = None, prompt_name: Optional[str] = None, **kwargs: Any) -> Any:
-        """``encode`` with the passage prompt (as sentence-transformers' ``encode_document``)."""
-        return self.encode(inputs, _default_prompt(prompt_name, kwargs, "passage"), **kwargs)
-
     def tokenize(self, text: str, task: Optional[str] = None, role: str = "query", *,
                  add_prefix: bool = True) -> np.ndarray:
         """Token ids (int32) that ``embed`` feeds the model for ``text``:
         the task/role prefix plus the text, before truncation."""
         return self._m.tokenize(text, _task_arg(task), _role_arg(role), bool(add_prefix))
-
-
-def _default_prompt(prompt_name: Optional[str], kwargs: dict, role: str) -> Optional[str]:
-    """encode_query / encode_document: their role unless a prompt is given."""
-    if prompt_name is None and kwargs.get("prompt") is None:
-        return role
-    return prompt_name
 
 
 def run_embed(run: Callable[[Optional[ProgressFn]], np.ndarray], texts: Any, precision: str,

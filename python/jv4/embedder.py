@@ -17,7 +17,8 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from . import _core
-from ._model import Model, ModelSpec, _default_prompt, local_path, run_embed
+from ._model import Model, ModelSpec, local_path, run_embed
+from .encode import EncodeQueryDocument
 from .encode import encode as st_encode
 from .hub import DEFAULT_QUANT, HubRef, parse_model_ref
 from .precision import check_precision
@@ -25,7 +26,7 @@ from .precision import check_precision
 __all__ = ["Embedder"]
 
 
-class Embedder:
+class Embedder(EncodeQueryDocument):
     """Embeddings for every jina-embeddings-v4 task, one model per task loaded
     when first used.
 
@@ -132,14 +133,6 @@ class Embedder:
         model = self.model(task)
         return st_encode(lambda texts, role, hook: model.embed_float32(texts, task, role, progress=hook),
                          task, inputs, prompt_name, prompt, batch_size, show_progress_bar, **kwargs)
-
-    def encode_query(self, inputs: Any = None, prompt_name: Optional[str] = None, **kwargs: Any) -> Any:
-        """``encode`` with the query prompt (sentence-transformers' ``encode_query``)."""
-        return self.encode(inputs, _default_prompt(prompt_name, kwargs, "query"), **kwargs)
-
-    def encode_document(self, inputs: Any = None, prompt_name: Optional[str] = None, **kwargs: Any) -> Any:
-        """``encode`` with the passage prompt (sentence-transformers' ``encode_document``)."""
-        return self.encode(inputs, _default_prompt(prompt_name, kwargs, "passage"), **kwargs)
 
     def embed_float32(self, texts, task: str = "retrieval", role: str = "query",
                       dim: Optional[int] = None, *, truncate: bool = True, progress=None) -> np.ndarray:

@@ -45,7 +45,7 @@ from . import _core
 from .precision import check_precision, quantize_embeddings
 from .progress import Bar
 
-__all__ = ["encode", "prompts_of"]
+__all__ = ["encode", "prompts_of", "EncodeQueryDocument"]
 
 # (texts, role, progress hook) -> float32 (n, width) vectors of the full width
 EmbedFn = Callable[[list, str, Optional[Callable[[int, int, int], None]]], np.ndarray]
@@ -174,3 +174,20 @@ def encode(embed: EmbedFn, task: Optional[str], inputs: Any = None, prompt_name:
         torch = _torch()
         result = [torch.from_numpy(row) for row in out]
     return result[0] if single else result
+
+
+class EncodeQueryDocument:
+    """sentence-transformers' ``encode_query`` / ``encode_document`` for a
+    class with an ``encode`` (jv4.Model, jv4.Embedder)."""
+
+    def encode_query(self, inputs: Any = None, prompt_name: Optional[str] = None, **kwargs: Any) -> Any:
+        """``encode`` with the query prompt unless a prompt is given."""
+        return self.encode(inputs, _named(prompt_name, kwargs, "query"), **kwargs)
+
+    def encode_document(self, inputs: Any = None, prompt_name: Optional[str] = None, **kwargs: Any) -> Any:
+        """``encode`` with the passage prompt unless a prompt is given."""
+        return self.encode(inputs, _named(prompt_name, kwargs, "passage"), **kwargs)
+
+
+def _named(prompt_name: Optional[str], kwargs: dict, role: str) -> Optional[str]:
+    return role if prompt_name is None and kwargs.get("prompt") is None else prompt_name
