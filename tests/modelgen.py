@@ -151,10 +151,11 @@ _GGUF_NAMES = {
 
 def write_gguf(path: Path, weights: dict[str, np.ndarray], shape: Shape, vocab: Vocab, *,
                arch: str = "qwen2", name: str = "jina-embeddings-v4-text-retrieval",
-               dtype: str = "F32", pooling: int | None = None) -> Path:
+               dtype: str = "F32", pooling: int | None = None, pre: str = "qwen2") -> Path:
     """Write the weights as a GGUF of `arch` ("qwen2" or "qwen2vl").
     dtype "F32" or "F16" for the matrices (norms and biases stay F32);
-    pooling: an `<arch>.pooling_type` to record (1 mean, 2 cls, 3 last)."""
+    pooling: an `<arch>.pooling_type` to record (1 mean, 2 cls, 3 last);
+    pre: the tokenizer's pre-tokenizer name (llama.cpp's `tokenizer.ggml.pre`)."""
     import gguf
 
     path = Path(path)
@@ -178,7 +179,7 @@ def write_gguf(path: Path, weights: dict[str, np.ndarray], shape: Shape, vocab: 
         b = (half - a) // 2
         w.add_rope_dimension_sections([a, b, half - a - b, 0])
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("qwen2")
+    w.add_tokenizer_pre(pre)
     w.add_token_list(vocab.tokens)
     w.add_token_types(vocab.token_type)
     w.add_token_merges(vocab.merges)

@@ -102,6 +102,10 @@ void register_model(py::module_& m) {
       })
       .def_property_readonly("is_jina_v4", [](const M& s) { return s.model->is_jina_v4(); })
       .def_property_readonly("pooling", [](const M& s) { return s.model->pooling(); })
+      .def_property_readonly("normalization", [](const M& s) -> py::object {
+        const std::string& n = s.model->normalization();
+        return n.empty() ? py::object(py::none()) : py::object(py::str(n));
+      })
       .def_property_readonly("max_length", [](const M& s) { return s.model->max_length(); })
       .def_property_readonly("batch_tokens", [](const M& s) { return s.model->batch_tokens(); })
       .def_property_readonly("n_threads", [](const M& s) { return s.model->n_threads(); })

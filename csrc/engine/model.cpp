@@ -190,6 +190,11 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
     for (const std::string* s : {&name, &basename, &file}) {
       if (jina::is_jina_v4_name(*s)) jina_v4_ = true;
     }
+    // Qwen2's reference tokenizer normalises text to Unicode NFC first (the
+    // normalizer of its tokenizer.json); llama.cpp's does not, so the caller
+    // does it for this family. Other families keep what llama.cpp does.
+    tokenizer_pre_ = meta(model_, "tokenizer.ggml.pre");
+    normalization_ = tokenizer_pre_ == "qwen2" ? "NFC" : "";
     if (jina_v4_) {
       // metadata first, the file name only as a fallback
       for (const std::string* s : {&name, &basename, &file}) {
@@ -237,6 +242,8 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
         {"description", desc},
         {"task", task_},
         {"pooling", pooling_},
+        {"tokenizer_pre", tokenizer_pre_},
+        {"normalization", normalization_},
         {"jina_v4", jina_v4_ ? "1" : "0"},
         {"n_embd", std::to_string(n_embd_)},
         {"n_layer", std::to_string(llama_model_n_layer(model_))},

@@ -55,6 +55,10 @@ class Model {
   bool is_jina_v4() const { return jina_v4_; }
   const std::string& task() const { return task_; }  // "" when unknown / not jina-v4
   const std::string& pooling() const { return pooling_; }
+  // Unicode normalisation the model's reference tokenizer applies before
+  // tokenizing ("NFC" for the Qwen2 vocabulary, "" for none); tokenize() and
+  // embed() expect text already normalised so.
+  const std::string& normalization() const { return normalization_; }
   const std::string& path() const { return path_; }
   std::vector<int> dims() const;  // allowed `dim` values
   const std::map<std::string, std::string>& info() const { return info_; }
@@ -94,6 +98,8 @@ class Model {
   bool causal_ = true;
   std::string task_;
   std::string pooling_;  // "mean", "cls" or "last"
+  std::string tokenizer_pre_;
+  std::string normalization_;
   std::map<std::string, std::string> info_;
   std::mutex mu_;  // guards ctx_ (one decode at a time)
   // read by llama.cpp's abort callback during a decode

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections.abc import Sequence
 from typing import Any, Callable, Optional, Union
 
@@ -108,6 +109,9 @@ class Model(EncodeQueryDocument):
         self._core: Optional[_core.Model] = _core.Model(
             path, n_threads, max_length, batch_tokens, None if repack is None else bool(repack),
             n_gpu_layers, main_gpu)
+        # the Unicode normal form the model's reference tokenizer applies first
+        # ("NFC" for the Qwen2 vocabulary; None: text goes in as it is)
+        self._normal_form: Optional[str] = self._core.normalization
 
     @classmethod
     def from_pretrained(cls, repo_id: str, quant: Optional[str] = None, *,
@@ -239,7 +243,7 @@ class Model(EncodeQueryDocument):
         ``progress(texts_done, tokens_done, tokens_total)`` is called from the
         calling thread while the engine works (at most every 50 ms) and once at
         the end."""
-        return self._m.embed(texts, _task_arg(task), _role_arg(role), opt_int("dim", dim),
+        return self._m.embed(self._normalize(texts), _task_arg(task), _role_arg(role), opt_int("dim", dim),
                              bool(truncate), progress)
 
     def encode(self, inputs: Any = None, prompt_name: Optional[str] = None, prompt: Optional[str] = None,
@@ -262,7 +266,26 @@ class Model(EncodeQueryDocument):
                  add_prefix: bool = True) -> np.ndarray:
         """Token ids (int32) that ``embed`` feeds the model for ``text``:
         the task/role prefix plus the text, before truncation."""
-        return self._m.tokenize(text, _task_arg(task), _role_arg(role), bool(add_prefix))
+        return self._m.tokenize(self._normalize(text), _task_arg(task), _role_arg(role), bool(add_prefix))
+
+    def _normalize(self, texts: Any) -> Any:
+        """``texts`` in the model's Unicode normal form (the same object when
+        every text already is: the check is a quick C scan)."""
+        form = self._normal_form
+        if form is None:
+            return texts
+        if isinstance(texts, str):
+            return texts if unicodedata.is_normalized(form, texts) else unicodedata.normalize(form, texts)
+        if isinstance(texts, (bytes, bytearray)):
+            return texts  # the engine names the problem
+        if isinstance(texts, (list, tuple)) and all(
+                not isinstance(t, str) or unicodedata.is_normalized(form, t) for t in texts):
+            return texts
+        try:
+            items = list(texts)
+        except TypeError:
+            return texts  # the engine names the problem
+        return [unicodedata.normalize(form, t) if isinstance(t, str) else t for t in items]
 
 
 def run_embed(run: Callable[[Optional[ProgressFn]], np.ndarray], texts: Any, precision: str,
