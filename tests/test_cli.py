@@ -216,8 +216,12 @@ def test_ctrl_c_exits_130_and_leaves_no_output_file(model_path, tmp_path):
     src = tmp_path / "huge.txt"
     src.write_text("\n".join((LINES * 3000)[:100000]) + "\n", encoding="utf-8")
     out = tmp_path / "v.npy"
+    # SIGINT back to its default in the child: a shell running this suite in
+    # the background (`cmd &`) hands its children SIGINT ignored, and Python
+    # then installs no KeyboardInterrupt handler
     proc = subprocess.Popen(JV4 + ["embed", "-m", str(model_path), "-i", str(src), "-o", str(out),
-                                   "--batch-tokens", "64"], stderr=subprocess.PIPE)
+                                   "--batch-tokens", "64"], stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".v.npy.partial-*")) and time.monotonic() < deadline:
         time.sleep(0.05)
