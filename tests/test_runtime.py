@@ -169,3 +169,52 @@ def test_repeated_calls_do_not_grow_memory(make_gguf):
     calls, loads, other = map(int, proc.stdout.split("GROWTH")[1].split())
     assert calls < 8 * 1024, f"{calls} KiB growth over 3000 embed calls"
     assert loads < 4 * 1024, f"{loads} and {other} KiB growth over two windows of 15 load/free cycles"
+
+
+def test_closing_or_dropping_a_model_while_another_thread_embeds(make_gguf):
+    """close() / del while another thread is inside embed: that call finishes
+    with the right vectors, later calls raise ValueError, the process lives
+    on (checked in a child process, so a crash would show as its exit code)."""
+    proc = _script(make_gguf(), """
+        import gc, sys, threading, time, numpy as np, jv4
+        texts = ["word " * 60 + str(i) for i in range(600)]
+        want = jv4.Model(sys.argv[1]).embed(texts[:5])
+        for how in ("close", "del", "embedder"):
+            if how == "embedder":
+                holder = jv4.Embedder(models={"retrieval": sys.argv[1]})
+                run = lambda: holder.embed(texts, task="retrieval")
+            else:
+                holder = jv4.Model(sys.argv[1])
+                run = lambda: holder.embed(texts)
+            out = {}
+            def work():
+                try:
+                    out["v"] = run()
+                except Exception as e:  # a clean exception is allowed too
+                    out["e"] = e
+            t = threading.Thread(target=work)
+            t.start()
+            time.sleep(0.3)
+            assert t.is_alive(), "the call ended before the close: make it longer"
+            if how == "del":
+                del holder, run
+                gc.collect()
+            else:
+                holder.close()
+            t.join(120)
+            assert not t.is_alive()
+            if "v" in out:
+                assert np.abs(out["v"][:5] - want).max() < 1e-4, how
+            else:
+                assert isinstance(out["e"], ValueError), (how, out["e"])
+            if how != "del":
+                try:
+                    holder.embed(texts[:1])
+                except ValueError as e:
+                    assert "closed" in str(e)
+                else:
+                    raise AssertionError("a closed model still embeds")
+            print(how, "finished" if "v" in out else f"raised {out['e']}")
+    """)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("\n") == 3, proc.stdout
