@@ -17,7 +17,8 @@ meaning it has in sentence-transformers (6.x):
   False: a truncated vector keeps a norm below 1), and ``precision``
   quantizes the whole call's vectors together (``jv4.quantize_embeddings``).
 - ``batch_size``: texts per engine call (the engine packs each call's texts
-  into decodes by tokens; the vectors do not depend on it).
+  into decodes by tokens; the vectors change only by the small
+  batch-composition effect measured in docs/usage.md).
 - ``show_progress_bar``: one bar for the call; None shows it when the ``jv4``
   logger is at INFO or DEBUG.
 - ``convert_to_numpy`` / ``convert_to_tensor``: a numpy array (default), a

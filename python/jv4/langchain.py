@@ -45,7 +45,8 @@ class JinaV4Embeddings(Embeddings):
     dim: Matryoshka width (default: the full width).
     quant: the official GGUF's quantization when ``model`` is None.
     batch_size: texts per engine call in ``embed_documents`` (default: all
-        at once); the vectors do not depend on it.
+        at once); the vectors change only by the small batch-composition
+        effect measured in docs/usage.md.
     model_kwargs: passed to ``jv4.Model`` (``n_threads``, ``max_length`` ...).
     """
 
