@@ -256,7 +256,7 @@ class Model(EncodeQueryDocument):
         ``task`` the jina-v4 task (default: the file's). What each argument
         means here, and which ones are refused: ``jv4.encode``."""
         task = _task_arg(task) if task is not None else self.task
-        if task is None and self.info["jina_v4"]:
+        if task is None and self._m.is_jina_v4:
             raise ValueError(f"{self.path}: cannot tell which jina-embeddings-v4 task this file was merged "
                              f"for; pass task= one of {', '.join(map(repr, _core.TASKS))}")
         return st_encode(lambda texts, role, hook: self.embed_float32(texts, task, role, progress=hook),
