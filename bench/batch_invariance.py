@@ -24,11 +24,15 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 
 def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="jv4-bench-") as d:
+        run(Path(d))
+
+
+def run(d: Path) -> None:
     import jv4
     import modelgen as mg
     from corpus import CORPUS
 
-    d = Path(tempfile.mkdtemp())
     vocab = mg.Vocab()
     f32 = d / "jina-embeddings-v4-text-retrieval-F32.gguf"
     mg.write_gguf(f32, mg.random_weights(mg.TINY, vocab.size, seed=0), mg.TINY, vocab)

@@ -77,32 +77,39 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
-def bad_files(tmp: Path, good: Path) -> dict:
-    data = good.read_bytes()
-    corrupt_kv = bytearray(data)
-    corrupt_kv[24:32] = b"\xff" * 8  # first key length: absurd
-    corrupt_count = bytearray(data)
-    corrupt_count[8:16] = (10**12).to_bytes(8, "little")  # tensor count
-    corrupt_tail = bytearray(data)
-    corrupt_tail[len(data) // 2: len(data) // 2 + 4096] = b"\x00" * 4096  # tensor data zeroed
-    return {
-        "directory": tmp,
-        "empty": _write(tmp / "empty.gguf", b""),
-        "text_file": _write(tmp / "notes.gguf", b"this is not a model\n" * 10),
-        "header_only": _write(tmp / "header.gguf", data[:16]),
-        "truncated_half": _write(tmp / "half.gguf", data[: len(data) // 2]),
-        "truncated_metadata": _write(tmp / "meta.gguf", data[:5000]),
-        "corrupt_key_length": _write(tmp / "kv.gguf", bytes(corrupt_kv)),
-        "corrupt_tensor_count": _write(tmp / "count.gguf", bytes(corrupt_count)),
-        "vocab_only": VOCAB_GGUF,
-    }
+def bad_file(tmp: Path, good: Path, kind: str) -> Path:
+    """Writes only the one bad file a test needs: copies of the model are
+    hundreds of MB, and nine of them per test filled CI's disk once."""
+    if kind == "directory":
+        return tmp
+    if kind == "vocab_only":
+        return VOCAB_GGUF
+    if kind == "empty":
+        return _write(tmp / "empty.gguf", b"")
+    if kind == "text_file":
+        return _write(tmp / "notes.gguf", b"this is not a model\n" * 10)
+    with open(good, "rb") as f:
+        if kind == "header_only":
+            return _write(tmp / "header.gguf", f.read(16))
+        if kind == "truncated_metadata":
+            return _write(tmp / "meta.gguf", f.read(5000))
+    data = bytearray(good.read_bytes())
+    if kind == "truncated_half":
+        return _write(tmp / "half.gguf", bytes(data[: len(data) // 2]))
+    if kind == "corrupt_key_length":
+        data[24:32] = b"\xff" * 8  # first key length: absurd
+        return _write(tmp / "kv.gguf", bytes(data))
+    if kind == "corrupt_tensor_count":
+        data[8:16] = (10**12).to_bytes(8, "little")  # tensor count
+        return _write(tmp / "count.gguf", bytes(data))
+    raise KeyError(kind)
 
 
 @pytest.mark.parametrize("kind", ["directory", "empty", "text_file", "header_only", "truncated_half",
                                   "truncated_metadata", "corrupt_key_length", "corrupt_tensor_count",
                                   "vocab_only"])
 def test_bad_model_file_raises_model_load_error_naming_the_file(good, tmp_path, kind):
-    path = bad_files(tmp_path, good)[kind]
+    path = bad_file(tmp_path, good, kind)
     body = f"""
         p = {str(path)!r}
         expect(jv4.ModelLoadError, re.escape(p), jv4.Model, p)

@@ -65,7 +65,8 @@ print(json.dumps({k: info[k] for k in ("version", "backends", "devices", "cpu_ba
 assert "CUDA" in info["backends"], info["backends"]
 import tempfile, pathlib, modelgen as mg
 vocab = mg.Vocab()
-path = pathlib.Path(tempfile.mkdtemp()) / "jina-embeddings-v4-text-retrieval-F32.gguf"
+tmp = tempfile.TemporaryDirectory()
+path = pathlib.Path(tmp.name) / "jina-embeddings-v4-text-retrieval-F32.gguf"
 mg.write_gguf(path, mg.random_weights(mg.TINY, vocab.size, seed=0), mg.TINY, vocab,
               arch="qwen2", name="jina-embeddings-v4-text-retrieval", dtype="F32")
 v = jv4.Model(path).embed(["falls back to the CPU"])
