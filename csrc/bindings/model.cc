@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "bindings/common.hpp"
@@ -19,21 +20,34 @@ namespace {
 
 std::string type_name(PyObject* o) { return Py_TYPE(o)->tp_name; }
 
-// Copies the texts out of Python objects (with the GIL), checking each item.
-std::vector<std::string> collect_texts(py::handle texts) {
-  std::vector<std::string> out;
+// The texts of a call as UTF-8 views into the Python str objects, without
+// copying them (a list of 10 MB texts must not be duplicated). `owner`, a
+// tuple of the items, keeps every str - and the UTF-8 buffer it caches -
+// alive and unchanged while the engine reads the views with the GIL
+// released, even if another thread edits the caller's list meanwhile.
+struct Texts {
+  py::object owner;
+  std::vector<std::string_view> views;
+};
+
+// Checks each item (with the GIL) and takes its UTF-8 view.
+Texts collect_texts(py::handle texts) {
+  Texts out;
   if (PyBytes_Check(texts.ptr()) || PyByteArray_Check(texts.ptr())) {
     throw jv4::TypeErrorAt("texts must be a str or a sequence of str, got " + type_name(texts.ptr()) +
                            " (decode bytes first)");
   }
-  PyObject* seq = PySequence_Fast(texts.ptr(), "texts must be a str or a sequence of str");
-  if (seq == nullptr) throw py::error_already_set();
-  py::object guard = py::reinterpret_steal<py::object>(seq);
-  const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-  PyObject** items = PySequence_Fast_ITEMS(seq);
-  out.reserve(static_cast<size_t>(n));
+  PyObject* tup = PySequence_Tuple(texts.ptr());  // any iterable, as before
+  if (tup == nullptr) {
+    if (!PyErr_ExceptionMatches(PyExc_TypeError)) throw py::error_already_set();
+    PyErr_Clear();
+    throw jv4::TypeErrorAt("texts must be a str or a sequence of str, got " + type_name(texts.ptr()));
+  }
+  out.owner = py::reinterpret_steal<py::object>(tup);
+  const Py_ssize_t n = PyTuple_GET_SIZE(tup);
+  out.views.reserve(static_cast<size_t>(n));
   for (Py_ssize_t i = 0; i < n; ++i) {
-    PyObject* item = items[i];
+    PyObject* item = PyTuple_GET_ITEM(tup, i);
     if (!PyUnicode_Check(item)) {
       throw jv4::TypeErrorAt("texts[" + std::to_string(i) + "] must be str, got " + type_name(item));
     }
@@ -44,7 +58,7 @@ std::vector<std::string> collect_texts(py::handle texts) {
       throw std::invalid_argument("texts[" + std::to_string(i) +
                                   "] cannot be encoded as UTF-8 (it contains a lone surrogate)");
     }
-    out.emplace_back(data, static_cast<size_t>(size));
+    out.views.emplace_back(data, static_cast<size_t>(size));
   }
   return out;
 }
@@ -114,41 +128,46 @@ void register_model(py::module_& m) {
       .def_property_readonly("info", [](const M& s) { return s.model->info(); })
       .def("tokenize",
            [](const M& s, py::handle text, std::optional<std::string> task, const std::string& role,
-              bool add_prefix) {
+              bool add_prefix, std::optional<int> max_length) {
              if (!PyUnicode_Check(text.ptr())) {
                throw jv4::TypeErrorAt("text must be str, got " + type_name(text.ptr()));
              }
-             std::vector<std::string> one = collect_texts(py::make_tuple(text));
+             if (max_length && *max_length < 1) {
+               throw std::invalid_argument("max_length must be >= 1 or None, got " +
+                                           std::to_string(*max_length));
+             }
+             Texts one = collect_texts(py::make_tuple(text));
              jv4::Request req = s.model->resolve(task, role, std::nullopt, true);
+             const std::string prefix = add_prefix ? req.prefix : std::string();
              std::vector<int32_t> ids;
              {
                py::gil_scoped_release release;
-               ids = s.model->tokenize(one[0], add_prefix ? req.prefix : std::string());
+               ids = max_length ? s.model->tokenize_head(one.views[0], prefix, static_cast<size_t>(*max_length))
+                                : s.model->tokenize(one.views[0], prefix);
              }
              py::array_t<int32_t> arr(static_cast<py::ssize_t>(ids.size()));
              std::copy(ids.begin(), ids.end(), arr.mutable_data());
              return arr;
            },
            py::arg("text"), py::arg("task") = py::none(), py::arg("role") = "query",
-           py::arg("add_prefix") = true)
+           py::arg("add_prefix") = true, py::arg("max_length") = py::none())
       .def("embed",
            [](M& s, py::handle texts, std::optional<std::string> task, const std::string& role,
               std::optional<int> dim, bool truncate, std::optional<py::function> progress) {
              jv4::Request req = s.model->resolve(task, role, dim, truncate);
              const bool single = PyUnicode_Check(texts.ptr());
-             std::vector<std::string> items =
-                 single ? collect_texts(py::make_tuple(texts)) : collect_texts(texts);
+             Texts items = single ? collect_texts(py::make_tuple(texts)) : collect_texts(texts);
              // One C-contiguous float32 result, written in place by the engine.
              py::array_t<float> out =
                  single ? py::array_t<float>(static_cast<py::ssize_t>(req.dim))
-                        : py::array_t<float>({static_cast<py::ssize_t>(items.size()),
+                        : py::array_t<float>({static_cast<py::ssize_t>(items.views.size()),
                                               static_cast<py::ssize_t>(req.dim)});
              float* data = out.mutable_data();
              std::atomic<bool> cancel{false};
              jv4::Progress counters;
              jv4::Progress* counted = progress ? &counters : nullptr;
              jv4::Model* model = s.model.get();
-             run_blocking([&] { model->embed(items, req, data, &cancel, counted); }, cancel,
+             run_blocking([&] { model->embed(items.views, req, data, &cancel, counted); }, cancel,
                           s.worker.get(), progress_tick(progress, counters));
              return out;
            },

@@ -21,6 +21,8 @@
 #include "engine/errors.hpp"
 #include "engine/jina.hpp"
 #include "engine/logging.hpp"
+#include "engine/truncation.hpp"
+#include "unicode.h"
 #include "ggml-backend.h"
 #include "gguf.h"
 #include "llama.h"
@@ -32,6 +34,7 @@ constexpr int kDefaultMaxLength = 32768;  // the reference's max_length
 constexpr int kDefaultBatchTokens = 512;
 constexpr int kMaxSeqPerBatch = 256;      // llama.cpp's LLAMA_MAX_SEQ
 constexpr int kCtxGranule = 256;
+constexpr size_t kHeadMinBytes = 16 * 1024;  // smallest text head tokenize_head tries
 
 std::string meta(const llama_model* m, const std::string& key) {
   char buf[512];
@@ -195,6 +198,7 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
     // does it for this family. Other families keep what llama.cpp does.
     tokenizer_pre_ = meta(model_, "tokenizer.ggml.pre");
     normalization_ = tokenizer_pre_ == "qwen2" ? "NFC" : "";
+    init_head_cut();
     if (jina_v4_) {
       // metadata first, the file name only as a fallback
       for (const std::string* s : {&name, &basename, &file}) {
@@ -243,6 +247,7 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
         {"task", task_},
         {"pooling", pooling_},
         {"tokenizer_pre", tokenizer_pre_},
+        {"truncation", head_cut_ ? "head" : "whole text"},
         {"normalization", normalization_},
         {"jina_v4", jina_v4_ ? "1" : "0"},
         {"n_embd", std::to_string(n_embd_)},
@@ -378,28 +383,56 @@ Request Model::resolve(const std::optional<std::string>& task_in, const std::str
   return req;
 }
 
-std::vector<int32_t> Model::tokenize(const std::string& text, const std::string& prefix) const {
+void Model::init_head_cut() {
+  // Cutting at piece boundaries is proven for Qwen2's pre-tokenizer only
+  // (truncation.hpp); other vocabularies tokenize the whole text.
+  head_cut_ = tokenizer_pre_ == "qwen2";
+  reserved_.clear();
+  if (!head_cut_) return;
+  const int32_t n = llama_vocab_n_tokens(vocab_);
+  for (int32_t id = 0; id < n; ++id) {
+    const llama_token_attr attr = llama_vocab_get_attr(vocab_, id);
+    if ((attr & (LLAMA_TOKEN_ATTR_NORMAL | LLAMA_TOKEN_ATTR_BYTE)) != 0 || attr == LLAMA_TOKEN_ATTR_UNDEFINED) continue;
+    const char* t = llama_vocab_get_text(vocab_, id);
+    if (t == nullptr) continue;
+    const std::string text(t);
+    uint32_t last = 0;
+    for (size_t pos = 0; pos < text.size();) {
+      try {
+        last = unicode_cpt_from_utf8(text, pos);
+      } catch (const std::exception&) {
+        ++pos;
+        continue;
+      }
+      reserved_.push_back(last);
+    }
+    // a special token ending in a letter or digit could end exactly at a cut
+    // and (with rstrip) take text after it: no cuts for such a vocabulary
+    const unicode_cpt_flags f = unicode_cpt_flags_from_cpt(last);
+    if (!text.empty() && (f.is_letter || f.is_number)) head_cut_ = false;
+  }
+  std::sort(reserved_.begin(), reserved_.end());
+  reserved_.erase(std::unique(reserved_.begin(), reserved_.end()), reserved_.end());
+}
+
+std::vector<int32_t> Model::tokenize(std::string_view text, const std::string& prefix) const {
   std::string full;
-  const std::string* s = &text;
-  if (!prefix.empty()) {
-    full.reserve(prefix.size() + text.size());
-    full.append(prefix).append(text);
-    s = &full;
+  full.reserve(prefix.size() + text.size());
+  full.append(prefix).append(text);
+  if (full.size() > static_cast<size_t>(INT32_MAX) / 2) {
+    throw std::invalid_argument("text too long to tokenize (" + std::to_string(full.size()) + " bytes)");
   }
-  if (s->size() > static_cast<size_t>(INT32_MAX) / 2) {
-    throw std::invalid_argument("text too long to tokenize (" + std::to_string(s->size()) + " bytes)");
-  }
-  const int32_t len = static_cast<int32_t>(s->size());
+  const int32_t len = static_cast<int32_t>(full.size());
   std::vector<int32_t> out(static_cast<size_t>(len) + 8);
   // jina-v4's reference tokenizer adds no BOS/EOS whatever the GGUF says;
   // other models get the special tokens their GGUF asks for. parse_special
   // like the reference tokenizer, which matches special-token text.
   const bool add_special = !jina_v4_;
-  int32_t n = llama_tokenize(vocab_, s->data(), len, out.data(), static_cast<int32_t>(out.size()),
+  int32_t n = llama_tokenize(vocab_, full.data(), len, out.data(), static_cast<int32_t>(out.size()),
                              add_special, /*parse_special=*/true);
   if (n < 0) {
     out.resize(static_cast<size_t>(-n));
-    n = llama_tokenize(vocab_, s->data(), len, out.data(), static_cast<int32_t>(out.size()),
+    n = llama_tokenize(vocab_, full.data(), len, out.data(), static_cast<int32_t>(out.size()),
                        add_special, true);
     if (n < 0) throw std::runtime_error("tokenization failed");
   }
@@ -407,7 +440,47 @@ std::vector<int32_t> Model::tokenize(const std::string& text, const std::string&
   return out;
 }
 
-void Model::embed(const std::vector<std::string>& texts, const Request& req, float* out,
+std::vector<int32_t> Model::tokenize_head(std::string_view text, const std::string& prefix, size_t limit,
+                                          const std::atomic<bool>* cancel, bool* more) const {
+  auto keep = [&](std::vector<int32_t> toks) {
+    if (more != nullptr) *more = toks.size() > limit;
+    if (toks.size() > limit) toks.resize(limit);
+    return toks;
+  };
+  // Heads start at 16 bytes a kept token (Qwen2 averages about 4 on prose)
+  // and double until one holds more than `limit` tokens.
+  size_t head = std::max<size_t>(kHeadMinBytes, limit * 16);
+  while (head_cut_ && head < text.size() / 2) {
+    if (cancel && cancel->load()) throw Cancelled();
+    const size_t cut = find_piece_boundary(text, head, 2 * head, reserved_);
+    if (cut != std::string_view::npos) {
+      // exact: every piece before `cut` tokenizes as in the whole text
+      std::vector<int32_t> toks = tokenize(text.substr(0, cut), prefix);
+      if (toks.size() > limit) return keep(std::move(toks));
+      head = 2 * cut;
+      continue;
+    }
+    // No piece boundary in [head, 2 head): one "word" (a run of letters,
+    // spaces or symbols) longer than `head` bytes, merged by BPE as a whole.
+    // A cut inside it changes tokens near the cut only; keep the head when
+    // cutting at 2 head and 4 head gives the same first `limit` tokens, both
+    // with room to spare.
+    const size_t a = utf8_floor(text, 2 * head), b = utf8_floor(text, 4 * head);
+    if (b >= text.size()) break;
+    std::vector<int32_t> ta = tokenize(text.substr(0, a), prefix);
+    if (cancel && cancel->load()) throw Cancelled();
+    std::vector<int32_t> tb = tokenize(text.substr(0, b), prefix);
+    const size_t spare = limit + std::max<size_t>(64, limit / 4);
+    if (ta.size() > spare && tb.size() > spare &&
+        std::equal(ta.begin(), ta.begin() + static_cast<std::ptrdiff_t>(limit), tb.begin())) {
+      return keep(std::move(ta));
+    }
+    head = 4 * head;
+  }
+  return keep(tokenize(text, prefix));
+}
+
+void Model::embed(const std::vector<std::string_view>& texts, const Request& req, float* out,
                   const std::atomic<bool>* cancel, Progress* progress) {
   const size_t n = texts.size();
   const int dim = req.dim;
@@ -417,7 +490,10 @@ void Model::embed(const std::vector<std::string>& texts, const Request& req, flo
   std::vector<std::vector<int32_t>> toks(n);
   for (size_t i = 0; i < n; ++i) {
     if (cancel && cancel->load()) throw Cancelled();
-    toks[i] = tokenize(texts[i], req.prefix);
+    // truncating: only the kept head is tokenized; not truncating: the
+    // whole text, so that the error can say how long it is
+    toks[i] = req.truncate ? tokenize_head(texts[i], req.prefix, static_cast<size_t>(max_length_), cancel)
+                           : tokenize(texts[i], req.prefix);
     if (static_cast<int>(toks[i].size()) > max_length_) {
       if (!req.truncate) {
         throw std::invalid_argument("text at index " + std::to_string(i) + " has " +

@@ -8,6 +8,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 struct llama_model;
@@ -69,12 +70,21 @@ class Model {
                   std::optional<int> dim, bool truncate) const;
 
   // Token ids of prefix + text, exactly as embed() feeds them (before truncation).
-  std::vector<int32_t> tokenize(const std::string& text, const std::string& prefix) const;
+  std::vector<int32_t> tokenize(std::string_view text, const std::string& prefix) const;
+
+  // The first `limit` tokens of prefix + text: the head of tokenize()'s
+  // result, computed from a head of the text where that is provably the same
+  // (see truncation.hpp), so a 10 MB text costs what its kept tokens cost.
+  // `*more` (optional) is set when the text has more than `limit` tokens.
+  // `cancel` is polled between the heads it tries.
+  std::vector<int32_t> tokenize_head(std::string_view text, const std::string& prefix, size_t limit,
+                                     const std::atomic<bool>* cancel = nullptr,
+                                     bool* more = nullptr) const;
 
   // Embeds texts into out[texts.size() * req.dim] (row-major, input order).
   // `cancel` is polled between and inside decodes; when set, throws Cancelled.
   // `progress` (optional) is advanced after each decode.
-  void embed(const std::vector<std::string>& texts, const Request& req, float* out,
+  void embed(const std::vector<std::string_view>& texts, const Request& req, float* out,
              const std::atomic<bool>* cancel, Progress* progress = nullptr);
 
  private:
@@ -99,6 +109,11 @@ class Model {
   std::string task_;
   std::string pooling_;  // "mean", "cls" or "last"
   std::string tokenizer_pre_;
+  // tokenize_head may cut texts at piece boundaries (Qwen2's pre-tokenizer,
+  // checked at load); `reserved_`: code points of special tokens, sorted
+  bool head_cut_ = false;
+  std::vector<uint32_t> reserved_;
+  void init_head_cut();
   std::string normalization_;
   std::map<std::string, std::string> info_;
   std::mutex mu_;  // guards ctx_ (one decode at a time)

@@ -263,10 +263,15 @@ class Model(EncodeQueryDocument):
                          task, inputs, prompt_name, prompt, batch_size, show_progress_bar, **kwargs)
 
     def tokenize(self, text: str, task: Optional[str] = None, role: str = "query", *,
-                 add_prefix: bool = True) -> np.ndarray:
+                 add_prefix: bool = True, max_length: Optional[int] = None) -> np.ndarray:
         """Token ids (int32) that ``embed`` feeds the model for ``text``:
-        the task/role prefix plus the text, before truncation."""
-        return self._m.tokenize(self._normalize(text), _task_arg(task), _role_arg(role), bool(add_prefix))
+        the task/role prefix plus the text, before truncation; with
+        ``max_length``, only the first ``max_length`` of them (what ``embed``
+        keeps), computed from a head of the text as ``embed`` does."""
+        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)):
+            raise TypeError(f"max_length must be an int or None, got {type(max_length).__name__}")
+        return self._m.tokenize(self._normalize(text), _task_arg(task), _role_arg(role), bool(add_prefix),
+                                max_length)
 
     def _normalize(self, texts: Any) -> Any:
         """``texts`` in the model's Unicode normal form (the same object when
