@@ -70,6 +70,20 @@ class Vocab:
     def size(self) -> int:
         return len(self.tokens)
 
+    def head(self, n: int) -> "Vocab":
+        """A small vocabulary for fast-loading files (the fuzzer's): the first
+        `n` tokens (the 256 byte tokens and the earliest merges), the merges
+        among them, and the three control tokens after them."""
+        small = object.__new__(Vocab)
+        keep = set(self.tokens[:n])
+        controls = [i for i, ty in enumerate(self.token_type) if ty == 3]
+        small.tokens = self.tokens[:n] + [self.tokens[i] for i in controls]
+        small.token_type = self.token_type[:n] + [3] * len(controls)
+        small.merges = [m for m in self.merges
+                        if all(p in keep for p in m.split(" ", 1)) and m.replace(" ", "", 1) in keep]
+        small.eos = n + controls.index(self.eos)
+        return small
+
     def reference_tokenizer(self):
         """A `tokenizers` BPE over the same tokens and merges (byte-level,
         Qwen2 split regex), with the control tokens as special tokens."""

@@ -165,6 +165,51 @@ _KERNEL_PATCHES = (
         '    for (; i < n; ++i) {'
     )),
 )
+# A model file is untrusted input. In the loader's files a failed check
+# (GGML_ASSERT / GGML_ABORT on what the file says: a token listed twice, a
+# layer count out of range, expert counts that disagree, a RoPE width the
+# qwen2 graph does not support) aborted the whole process. Here it throws:
+# llama_model_load and llama_init_from_model catch it and the load fails
+# with the check's text (jv4.ModelLoadError). Found by tools/fuzz_gguf.py;
+# tests/test_fuzz.py loads such files. Checks that fire later, inside ggml's
+# compute threads, cannot throw: jv4 refuses those files before loading
+# (csrc/engine/gguf_check.cpp).
+_CHECKS_THROW = (
+    '// jv4 patch: in this file a failed check throws instead of aborting the\n'
+    '// process; the model load catches it and fails with this text.\n'
+    '#include <cstdio>\n'
+    '#include <stdexcept>\n'
+    '#include <string>\n'
+    '#ifndef JV4_CHECK_TEXT\n'
+    '#define JV4_CHECK_TEXT  // once per translation unit (llama.cpp may build unity files)\n'
+    'template <typename... A>\n'
+    'static std::string jv4_check_text(const char * file, int line, const char * fmt, A... args) {\n'
+    '    char buf[1024];\n'
+    '    int n = std::snprintf(buf, sizeof(buf), "%s:%d: ", file, line);\n'
+    '    if (n < 0 || n >= (int) sizeof(buf)) n = 0;\n'
+    '    if constexpr (sizeof...(A) == 0) { std::snprintf(buf + n, sizeof(buf) - n, "%s", fmt); }\n'
+    '    else { std::snprintf(buf + n, sizeof(buf) - n, fmt, args...); }\n'
+    '    return buf;\n'
+    '}\n'
+    '#endif\n'
+    '#undef GGML_ABORT\n'
+    '#define GGML_ABORT(...) throw std::runtime_error(jv4_check_text(__FILE__, __LINE__, __VA_ARGS__))\n'
+    '#undef GGML_ASSERT\n'
+    '#define GGML_ASSERT(x) do { if (!(x)) GGML_ABORT("GGML_ASSERT(%s) failed", #x); } while (0)\n'
+    '\n'
+)
+_LOADER_CHECKS = (
+    _insert_before("src/llama-vocab.cpp", "struct naive_trie {\n", _CHECKS_THROW),
+    _insert_before("src/llama-model-loader.cpp", "static const size_t kiB = 1024;\n", _CHECKS_THROW),
+    _insert_before("src/llama-model.cpp",
+                   "static llama_model * llama_model_mapping(llm_arch arch, const llama_model_params & params) {\n",
+                   _CHECKS_THROW),
+    _insert_before("src/models/qwen2.cpp", "void llama_model_qwen2::load_arch_hparams(llama_model_loader & ml) {\n",
+                   _CHECKS_THROW),
+    _insert_before("src/models/qwen2vl.cpp",
+                   "void llama_model_qwen2vl::load_arch_hparams(llama_model_loader & ml) {\n", _CHECKS_THROW),
+)
+
 PATCHES = (
     # In embeddings mode llama.cpp still multiplies every output token by the
     # lm_head (vocab 151936 x hidden) and keeps a logits buffer of
@@ -174,7 +219,7 @@ PATCHES = (
     ("src/llama-context.cpp",
      "    bool has_logits     = true;\n",
      "    bool has_logits     = !cparams.embeddings;  // jv4 patch: no logits buffer for embedders\n"),
-) + _KERNEL_PATCHES
+) + _KERNEL_PATCHES + _LOADER_CHECKS
 
 
 class FetchError(RuntimeError):

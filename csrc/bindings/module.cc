@@ -2,6 +2,8 @@
 // exceptions to Python ones.
 #include <pybind11/pybind11.h>
 
+#include <cstring>
+
 #include <chrono>
 #include <condition_variable>
 #include <exception>
@@ -130,17 +132,36 @@ PYBIND11_MODULE(JV4_MODULE_NAME, m) {
   m.attr("__version__") = JV4_VERSION;
 
   static py::exception<jv4::ModelLoadError> model_load_error(m, "ModelLoadError", PyExc_RuntimeError);
+  // Messages can quote a model file's bytes (a key, a token), which need not
+  // be UTF-8: decoded with replacement, so the error stays the error it is
+  // (not a UnicodeDecodeError about its message).
+  static auto set_error = [](PyObject* type, const char* what) {
+    PyObject* msg = PyUnicode_DecodeUTF8(what, static_cast<Py_ssize_t>(std::strlen(what)), "replace");
+    if (msg == nullptr) {
+      PyErr_Clear();
+      PyErr_SetString(type, "(undecodable message)");
+      return;
+    }
+    PyErr_SetObject(type, msg);
+    Py_DECREF(msg);
+  };
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const jv4::ModelLoadError& e) {
-      py::set_error(model_load_error, e.what());
+      set_error(model_load_error.ptr(), e.what());
     } catch (const jv4::FileNotFound& e) {
-      PyErr_SetString(PyExc_FileNotFoundError, e.what());
+      set_error(PyExc_FileNotFoundError, e.what());
     } catch (const jv4::TypeErrorAt& e) {
-      PyErr_SetString(PyExc_TypeError, e.what());
+      set_error(PyExc_TypeError, e.what());
     } catch (const jv4::Cancelled& e) {
-      PyErr_SetString(PyExc_KeyboardInterrupt, e.what());
+      set_error(PyExc_KeyboardInterrupt, e.what());
+    } catch (const py::builtin_exception&) {
+      throw;  // pybind11's own (value_error, ...): its translator
+    } catch (const std::invalid_argument& e) {
+      set_error(PyExc_ValueError, e.what());
+    } catch (const std::runtime_error& e) {
+      set_error(PyExc_RuntimeError, e.what());
     }
   });
 

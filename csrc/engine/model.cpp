@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "engine/errors.hpp"
+#include "engine/gguf_check.hpp"
 #include "engine/jina.hpp"
 #include "engine/logging.hpp"
 #include "engine/truncation.hpp"
@@ -137,6 +138,8 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
   }
   precheck_file(path);
   init_backend();
+  take_thread_errors();
+  check_gguf(path);
   take_thread_errors();
 
   llama_model_params mp = llama_model_default_params();
@@ -587,6 +590,12 @@ void Model::embed(const std::vector<std::string_view>& texts, const Request& req
     for (int k = 0; k < n_embd_; ++k) {
       v[k] = a[k] * scale;
       ss += v[k] * v[k];
+    }
+    if (!std::isfinite(ss)) {
+      // NaN/inf weights (a damaged download) or metadata that make the
+      // forward pass diverge: an error, never a silent NaN vector
+      throw std::runtime_error("the model computed non-finite values (NaN or infinity) for the text at index " +
+                               std::to_string(row) + "; the model file's weights or metadata are damaged");
     }
     double inv = 1.0 / std::max(std::sqrt(ss), 1e-12);
     double ss2 = 0.0;
