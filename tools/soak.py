@@ -1,0 +1,211 @@
+"""Soak and stress: many embed calls from several threads on one model, with
+Ctrl-C sprinkled in; every vector checked against a single-threaded run.
+
+    python tools/soak.py --calls 100000 --threads 4     # the long run
+    python tools/soak.py --calls 1500                   # what the suite runs
+
+One shared `jv4.Model` (the tiny test model, a small token budget so that
+long texts span several decodes, max_length 192 so that some are truncated)
+serves `--threads` Python threads plus the main thread. Calls are drawn
+(seeded) from a pool of call shapes: an empty list, an empty string, one
+text, a few texts, texts longer than a decode, texts longer than max_length,
+and, rarely, thousands of texts at once. Each shape's vectors were computed
+first by a separate single-threaded model, call by call; every soak result
+must be bit-identical to its shape's (the same texts in the same call give
+the same vectors whatever the thread count - docs/usage.md).
+
+A timer thread sends SIGINT to the process now and then: the main thread's
+call in flight raises KeyboardInterrupt (counted), the other threads' calls
+must be unaffected, and the model keeps working. Resident memory is read
+after a warm-up (the first 5 % of calls) and at the end; the growth must stay
+under 1 %. Prints a JSON summary; exit status 1 on any mismatch, error or
+growth over the limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def rss_kb(field: str = "VmRSS") -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def call_shapes(rng: random.Random, corpus: list) -> list:
+    """The pool of calls, each (name, list of texts)."""
+    def text(words: int) -> str:
+        return " ".join(rng.choice(corpus).split()[:1] + [rng.choice(corpus) for _ in range(words // 8)])[: words * 6]
+
+    shapes = [("empty call", []), ("empty text", [""]), ("empty among others", ["a", "", "b c"])]
+    for i in range(40):
+        shapes.append((f"one text {i}", [rng.choice(corpus)]))
+    for i in range(40):
+        shapes.append((f"a few texts {i}", [rng.choice(corpus) for _ in range(rng.randrange(2, 12))]))
+    for i in range(15):
+        shapes.append((f"over a decode {i}", [text(rng.randrange(150, 600)) for _ in range(rng.randrange(1, 4))]))
+    for i in range(10):
+        shapes.append((f"over max_length {i}", [text(rng.randrange(600, 2000)), rng.choice(corpus)]))
+    for i in range(3):
+        shapes.append((f"thousands {i}", [rng.choice(corpus) for _ in range(rng.randrange(1000, 3000))]))
+    return shapes
+
+
+# how often each kind of call is drawn: mostly the short calls a service
+# makes, enough long ones to keep decodes split and texts truncated, and the
+# rare bulk call (it costs as much as a thousand others)
+WEIGHTS = {"empty": 0.04, "one text": 0.45, "a few texts": 0.36, "over a decode": 0.08,
+           "over max_length": 0.0695, "thousands": 0.0005}
+
+
+def pick(rng: random.Random, shapes: list) -> int:
+    kind = rng.choices(list(WEIGHTS), weights=list(WEIGHTS.values()))[0]
+    return rng.choice([i for i, (name, _) in enumerate(shapes) if name.startswith(kind)])
+
+
+def main(argv: list | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--calls", type=int, default=100_000)
+    ap.add_argument("--threads", type=int, default=4, help="Python threads besides the main thread")
+    ap.add_argument("--n-threads", type=int, default=2, help="the model's compute threads")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--interrupt-every", type=float, default=0.5, help="mean seconds between SIGINTs (0: none)")
+    ap.add_argument("--max-growth", type=float, default=0.01, help="allowed RSS growth after warm-up")
+    ap.add_argument("--model", type=Path, help="a GGUF to use instead of the tiny test model")
+    args = ap.parse_args(argv)
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    import jv4
+    from corpus import CORPUS
+
+    rng = random.Random(args.seed)
+    shapes = call_shapes(rng, list(CORPUS))
+    with tempfile.TemporaryDirectory(prefix="jv4-soak-") as d:
+        path = args.model
+        if path is None:
+            import modelgen as mg
+            vocab = mg.Vocab()
+            path = mg.write_gguf(Path(d) / "jina-embeddings-v4-text-retrieval-F32.gguf",
+                                 mg.random_weights(mg.TINY, vocab.size, seed=0), mg.TINY, vocab)
+        opts = dict(batch_tokens=128, max_length=192)
+
+        t0 = time.monotonic()
+        ref_model = jv4.Model(path, n_threads=1, **opts)
+        reference = [ref_model.embed(texts) for _, texts in shapes]
+        ref_model.close()
+        t_ref = time.monotonic() - t0
+
+        model = jv4.Model(path, n_threads=args.n_threads, **opts)
+        lock = threading.Lock()
+        stats = {"calls": 0, "mismatches": [], "errors": [], "interrupted": 0, "vectors": 0}
+        warm_at = max(1, args.calls // 20)
+        mem = {}
+        todo = iter(range(args.calls))
+
+        def record(i: int, got: np.ndarray) -> None:
+            want = reference[i]
+            with lock:
+                stats["calls"] += 1
+                stats["vectors"] += len(got)
+                if got.shape != want.shape or not np.array_equal(got, want):
+                    stats["mismatches"].append(shapes[i][0])
+                if stats["calls"] == warm_at:
+                    mem["warm_rss_kb"] = rss_kb()
+
+        def next_call(r: random.Random):
+            with lock:
+                n = next(todo, None)
+            return None if n is None else pick(r, shapes)
+
+        def worker(seed: int) -> None:
+            r = random.Random(seed)
+            while (i := next_call(r)) is not None:
+                try:
+                    record(i, model.embed(shapes[i][1]))
+                except Exception as e:  # noqa: BLE001 - reported, then the soak fails
+                    with lock:
+                        stats["errors"].append(f"{shapes[i][0]}: {type(e).__name__}: {e}")
+
+        stop = threading.Event()
+
+        def interrupter() -> None:
+            r = random.Random(args.seed + 99)
+            while not stop.wait(r.expovariate(1 / args.interrupt_every)):
+                os.kill(os.getpid(), signal.SIGINT)
+
+        old_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+        threads = [threading.Thread(target=worker, args=(args.seed + 1 + k,)) for k in range(args.threads)]
+        t1 = time.monotonic()
+        for t in threads:
+            t.start()
+        if args.interrupt_every > 0:
+            threading.Thread(target=interrupter, daemon=True).start()
+        r = random.Random(args.seed + 1000)
+        # The main thread embeds too: a SIGINT raises KeyboardInterrupt in it,
+        # inside embed (cancelled) or between calls; both are counted and the
+        # loop goes on.
+        while True:
+            try:
+                i = next_call(r)
+                if i is None:
+                    break
+                try:
+                    got = model.embed(shapes[i][1])
+                except KeyboardInterrupt:
+                    with lock:
+                        stats["interrupted"] += 1
+                        stats["calls"] += 1
+                    continue
+                record(i, got)
+            except KeyboardInterrupt:
+                with lock:
+                    stats["interrupted_between_calls"] = stats.get("interrupted_between_calls", 0) + 1
+        stop.set()
+        for t in threads:
+            while t.is_alive():
+                try:
+                    t.join()
+                except KeyboardInterrupt:
+                    pass
+        signal.signal(signal.SIGINT, old_handler)
+        elapsed = time.monotonic() - t1
+        # after the storm: the model still gives the reference vectors
+        after = all(np.array_equal(model.embed(texts), want) for (_, texts), want in zip(shapes[:20], reference))
+        mem["end_rss_kb"] = rss_kb()
+        mem["peak_rss_kb"] = rss_kb("VmHWM")
+        model.close()
+
+    warm = mem.get("warm_rss_kb") or mem["end_rss_kb"]
+    growth = (mem["end_rss_kb"] - warm) / warm
+    summary = {
+        "calls": stats["calls"], "vectors": stats["vectors"], "threads": args.threads + 1,
+        "model_threads": args.n_threads, "seconds": round(elapsed, 1), "reference_seconds": round(t_ref, 1),
+        "interrupted": stats["interrupted"], "interrupted_between_calls": stats.get("interrupted_between_calls", 0),
+        "mismatches": len(stats["mismatches"]), "mismatch_examples": stats["mismatches"][:5],
+        "errors": stats["errors"][:5], "model_ok_after": after,
+        "rss_after_warmup_mb": round(warm / 1024, 1), "rss_end_mb": round(mem["end_rss_kb"] / 1024, 1),
+        "peak_rss_mb": round(mem["peak_rss_kb"] / 1024, 1), "rss_growth": round(growth, 5),
+    }
+    print(json.dumps(summary, indent=1))
+    ok = not stats["mismatches"] and not stats["errors"] and after and growth < args.max_growth
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
