@@ -509,7 +509,8 @@ WORKER = r"""
 import json, os, sys, resource
 import numpy as np
 import jv4
-resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]) << 20, int(sys.argv[1]) << 20))
+if int(sys.argv[1]) > 0:  # 0: no address-space limit (ASan maps terabytes of shadow)
+    resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]) << 20, int(sys.argv[1]) << 20))
 
 def peak_mb():
     with open("/proc/self/status") as f:
@@ -609,6 +610,10 @@ def run(cases: range, seed: int, jobs: int = 2, timeout: float = 30.0, max_rss_m
     "failures": [...], "errors": {exception type: n}}."""
     # no gdb backtrace on an abort (ggml would attach one): just the signal
     env = dict(os.environ, OMP_NUM_THREADS="1", GGML_NO_BACKTRACE="1")
+    if os.environ.get("JV4_SANITIZED") == "1":
+        # under tools/sanitize.sh: ASan needs its address space and its shadow
+        # and quarantine memory count in every RSS
+        rlimit_mb, max_rss_mb = 0, max(max_rss_mb, 4096)
     counts: collections.Counter = collections.Counter()
     kinds: dict = collections.defaultdict(collections.Counter)
     errors: collections.Counter = collections.Counter()

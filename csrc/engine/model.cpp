@@ -444,9 +444,8 @@ std::vector<int32_t> Model::tokenize(std::string_view text, const std::string& p
 }
 
 std::vector<int32_t> Model::tokenize_head(std::string_view text, const std::string& prefix, size_t limit,
-                                          const std::atomic<bool>* cancel, bool* more) const {
+                                          const std::atomic<bool>* cancel) const {
   auto keep = [&](std::vector<int32_t> toks) {
-    if (more != nullptr) *more = toks.size() > limit;
     if (toks.size() > limit) toks.resize(limit);
     return toks;
   };

@@ -75,11 +75,9 @@ class Model {
   // The first `limit` tokens of prefix + text: the head of tokenize()'s
   // result, computed from a head of the text where that is provably the same
   // (see truncation.hpp), so a 10 MB text costs what its kept tokens cost.
-  // `*more` (optional) is set when the text has more than `limit` tokens.
   // `cancel` is polled between the heads it tries.
   std::vector<int32_t> tokenize_head(std::string_view text, const std::string& prefix, size_t limit,
-                                     const std::atomic<bool>* cancel = nullptr,
-                                     bool* more = nullptr) const;
+                                     const std::atomic<bool>* cancel = nullptr) const;
 
   // Embeds texts into out[texts.size() * req.dim] (row-major, input order).
   // `cancel` is polled between and inside decodes; when set, throws Cancelled.
