@@ -126,6 +126,9 @@ def test_the_pooling_override_note_is_not_a_warning(make_gguf, caplog):
     assert [r.getMessage() for r in records if r.levelno >= logging.WARNING and "pooling" in r.getMessage()] == []
 
 
+@pytest.mark.skipif(__import__("os").environ.get("JV4_SANITIZED") == "1",
+                    reason="under tools/sanitize.sh ASan's quarantine keeps freed memory (up to 256 MB) by "
+                           "design; LeakSanitizer judges leaks in that run")
 def test_repeated_calls_do_not_grow_memory(make_gguf):
     proc = _script(make_gguf(), """
         import sys, gc, ctypes, jv4

@@ -17,7 +17,9 @@ import re
 import sys
 from pathlib import Path
 
-OURS = re.compile(r"/csrc/|/vendor/llama\.cpp/|jv4/_core|_core[_a-z0-9]*\.cpython")
+# jv4's sources, the vendored llama.cpp, or the jv4 module itself
+# (site-packages/jv4/_core*.so; not another package's "_core" module)
+OURS = re.compile(r"/csrc/|/vendor/llama\.cpp/|/jv4/_core[^/ ]*\.so")
 
 
 def blocks(text: str, start: re.Pattern) -> list:
