@@ -35,7 +35,7 @@ mkdir -p "$OUT/logs"
 # pymalloc off, so that ASan sees every allocation; leaks are reported into
 # the logs without changing exit codes, and judged by sanitize_report.py
 export PYTHONMALLOC=malloc
-export ASAN_OPTIONS="log_path=$OUT/logs/asan:detect_leaks=1:exitcode=66:strict_string_checks=0:detect_odr_violation=0"
+export ASAN_OPTIONS="log_path=$OUT/logs/asan:detect_leaks=1:exitcode=66:strict_string_checks=0:detect_odr_violation=0:suppressions=$ROOT/tools/asan.supp"
 export LSAN_OPTIONS="exitcode=0:max_leaks=200"
 export UBSAN_OPTIONS="log_path=$OUT/logs/ubsan:print_stacktrace=1:halt_on_error=0"
 export GGML_NO_BACKTRACE=1

@@ -40,11 +40,12 @@ def blocks(text: str, start: re.Pattern) -> list:
 def main() -> int:
     logs = Path(sys.argv[1] if len(sys.argv) > 1 else "build/sanitize/logs")
     files = sorted(logs.glob("*"))
-    asan, ubsan, leaks_ours, leaks_other = [], collections.Counter(), [], 0
+    asan, asan_other, ubsan, leaks_ours, leaks_other = [], [], collections.Counter(), [], 0
     for f in files:
         text = f.read_text(errors="replace")
         for b in blocks(text, re.compile(r"ERROR: AddressSanitizer")):
-            asan.append((f.name, "\n".join(b[:25])))
+            # ours when the access, the free or the allocation has a frame of ours
+            (asan if OURS.search("\n".join(b)) else asan_other).append((f.name, "\n".join(b[:25])))
         for b in blocks(text, re.compile(r"^(Direct|Indirect) leak of")):
             stack = "\n".join(b[:40])
             if OURS.search(stack):
@@ -57,8 +58,8 @@ def main() -> int:
                 ubsan[(m.group(1), m.group(2)[:120])] += 1
     ubsan_ours = {k: v for k, v in ubsan.items() if OURS.search(k[0])}
     print(f"sanitizer logs: {len(files)} files in {logs}")
-    print(f"AddressSanitizer errors: {len(asan)}")
-    for name, b in asan[:5]:
+    print(f"AddressSanitizer errors with a jv4/llama.cpp/ggml frame: {len(asan)}; elsewhere: {len(asan_other)}")
+    for name, b in (asan + asan_other)[:5]:
         print(f"--- {name}\n{b}")
     print(f"UndefinedBehaviorSanitizer: {len(ubsan_ours)} places in jv4/llama.cpp/ggml "
           f"({sum(ubsan_ours.values())} reports); elsewhere: {len(ubsan) - len(ubsan_ours)}")
