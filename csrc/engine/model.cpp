@@ -398,21 +398,14 @@ void Model::init_head_cut() {
     if ((attr & (LLAMA_TOKEN_ATTR_NORMAL | LLAMA_TOKEN_ATTR_BYTE)) != 0 || attr == LLAMA_TOKEN_ATTR_UNDEFINED) continue;
     const char* t = llama_vocab_get_text(vocab_, id);
     if (t == nullptr) continue;
-    const std::string text(t);
-    uint32_t last = 0;
-    for (size_t pos = 0; pos < text.size();) {
-      try {
-        last = unicode_cpt_from_utf8(text, pos);
-      } catch (const std::exception&) {
-        ++pos;
-        continue;
-      }
-      reserved_.push_back(last);
-    }
+    const std::vector<uint32_t> cpts = code_points(t);
+    reserved_.insert(reserved_.end(), cpts.begin(), cpts.end());
     // a special token ending in a letter or digit could end exactly at a cut
     // and (with rstrip) take text after it: no cuts for such a vocabulary
-    const unicode_cpt_flags f = unicode_cpt_flags_from_cpt(last);
-    if (!text.empty() && (f.is_letter || f.is_number)) head_cut_ = false;
+    if (!cpts.empty()) {
+      const unicode_cpt_flags f = unicode_cpt_flags_from_cpt(cpts.back());
+      if (f.is_letter || f.is_number) head_cut_ = false;
+    }
   }
   std::sort(reserved_.begin(), reserved_.end());
   reserved_.erase(std::unique(reserved_.begin(), reserved_.end()), reserved_.end());

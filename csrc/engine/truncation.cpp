@@ -31,6 +31,12 @@ uint32_t next_cpt(std::string_view s, size_t& pos) {
 
 }  // namespace
 
+std::vector<uint32_t> code_points(std::string_view text) {
+  std::vector<uint32_t> out;
+  for (size_t pos = 0; pos < text.size();) out.push_back(next_cpt(text, pos));
+  return out;
+}
+
 size_t utf8_floor(std::string_view text, size_t pos) {
   if (pos >= text.size()) return text.size();
   while (pos > 0 && (static_cast<unsigned char>(text[pos]) & 0xC0) == 0x80) --pos;

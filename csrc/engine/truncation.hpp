@@ -27,6 +27,9 @@
 
 namespace jv4 {
 
+// The code points of UTF-8 text; an invalid byte reads as one U+FFFD.
+std::vector<uint32_t> code_points(std::string_view text);
+
 // The largest UTF-8 character boundary <= pos in `text` (pos > size: size).
 size_t utf8_floor(std::string_view text, size_t pos);
 
