@@ -58,5 +58,6 @@ void run_blocking(const std::function<void()>& work, std::atomic<bool>& cancel,
 void register_info(py::module_& m);
 void register_model(py::module_& m);
 void register_jina(py::module_& m);
+void register_stages(py::module_& m);
 
 }  // namespace jv4py

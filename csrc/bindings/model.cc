@@ -98,8 +98,11 @@ void register_model(py::module_& m) {
       .def(py::init([](const std::string& path, std::optional<int> n_threads,
                        std::optional<int> max_length, std::optional<int> batch_tokens,
                        std::optional<bool> repack, std::optional<int> n_gpu_layers,
-                       std::optional<int> main_gpu) {
-             jv4::ModelOptions opts{n_threads, max_length, batch_tokens, repack, n_gpu_layers, main_gpu};
+                       std::optional<int> main_gpu,
+                       std::vector<std::pair<std::string, std::string>> adapters,
+                       std::optional<std::string> projector) {
+             jv4::ModelOptions opts{n_threads, max_length, batch_tokens, repack, n_gpu_layers, main_gpu,
+                                    std::move(adapters), std::move(projector)};
              auto self = std::make_unique<M>();
              std::atomic<bool> cancel{false};
              run_blocking([&] { self->model = std::make_unique<jv4::Model>(path, opts); }, cancel,
@@ -108,13 +111,18 @@ void register_model(py::module_& m) {
            }),
            py::arg("path"), py::arg("n_threads") = py::none(), py::arg("max_length") = py::none(),
            py::arg("batch_tokens") = py::none(), py::arg("repack") = py::none(),
-           py::arg("n_gpu_layers") = py::none(), py::arg("main_gpu") = py::none())
+           py::arg("n_gpu_layers") = py::none(), py::arg("main_gpu") = py::none(),
+           py::arg("adapters") = std::vector<std::pair<std::string, std::string>>(),
+           py::arg("projector") = py::none())
       .def_property_readonly("n_embd", [](const M& s) { return s.model->n_embd(); })
       .def_property_readonly("task", [](const M& s) -> py::object {
         if (s.model->task().empty()) return py::none();
         return py::str(s.model->task());
       })
       .def_property_readonly("is_jina_v4", [](const M& s) { return s.model->is_jina_v4(); })
+      .def_property_readonly("is_base", [](const M& s) { return s.model->is_base(); })
+      .def_property_readonly("adapter_tasks", [](const M& s) { return s.model->adapter_tasks(); })
+      .def_property_readonly("projector_tasks", [](const M& s) { return s.model->projector_tasks(); })
       .def_property_readonly("pooling", [](const M& s) { return s.model->pooling(); })
       .def_property_readonly("normalization", [](const M& s) -> py::object {
         const std::string& n = s.model->normalization();
@@ -173,7 +181,38 @@ void register_model(py::module_& m) {
            },
            py::arg("texts"), py::arg("task") = py::none(), py::arg("role") = "query",
            py::arg("dim") = py::none(), py::arg("truncate") = true,
-           py::arg("progress") = py::none());
+           py::arg("progress") = py::none())
+      .def("embed_multivector",
+           [](M& s, py::handle texts, std::optional<std::string> task, const std::string& role,
+              std::optional<int> dim, bool truncate, std::optional<py::function> progress) {
+             jv4::Request req = s.model->resolve(task, role, dim, truncate, /*multivector=*/true);
+             Texts items = collect_texts(texts);
+             const auto n = static_cast<py::ssize_t>(items.views.size());
+             py::array_t<float> pooled({n, static_cast<py::ssize_t>(req.dim)});
+             float* data = pooled.mutable_data();
+             auto multi = std::make_unique<jv4::MultiOutput>();
+             std::atomic<bool> cancel{false};
+             jv4::Progress counters;
+             jv4::Progress* counted = progress ? &counters : nullptr;
+             jv4::Model* model = s.model.get();
+             jv4::MultiOutput* mo = multi.get();
+             run_blocking([&] { model->embed(items.views, req, data, &cancel, counted, mo); }, cancel,
+                          s.worker.get(), progress_tick(progress, counters));
+             // hand the engine's buffers to numpy without copying them
+             const auto rows = static_cast<py::ssize_t>(multi->offsets.back());
+             const auto width = static_cast<py::ssize_t>(multi->width);
+             float* tok = multi->data.data();
+             int64_t* off = multi->offsets.data();
+             py::capsule owner(multi.release(), [](void* p) { delete static_cast<jv4::MultiOutput*>(p); });
+             py::array_t<float> tokens({rows, width}, tok, owner);
+             py::array_t<int64_t> offsets({n + 1}, off, owner);
+             return py::make_tuple(pooled, tokens, offsets);
+           },
+           py::arg("texts"), py::arg("task") = py::none(), py::arg("role") = "query",
+           py::arg("dim") = py::none(), py::arg("truncate") = true,
+           py::arg("progress") = py::none(),
+           "(pooled (n, dim), token vectors (total, width), offsets (n + 1,)): one call's single and "
+           "per-token vectors from the same decodes");
 }
 
 }  // namespace jv4py

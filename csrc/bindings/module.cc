@@ -168,4 +168,5 @@ PYBIND11_MODULE(JV4_MODULE_NAME, m) {
   jv4py::register_info(m);
   jv4py::register_model(m);
   jv4py::register_jina(m);
+  jv4py::register_stages(m);
 }

@@ -18,10 +18,12 @@
 #include <stdexcept>
 #include <thread>
 
+#include "engine/batch_plan.hpp"
 #include "engine/errors.hpp"
 #include "engine/gguf_check.hpp"
 #include "engine/jina.hpp"
 #include "engine/logging.hpp"
+#include "engine/projector.hpp"
 #include "engine/truncation.hpp"
 #include "unicode.h"
 #include "ggml-backend.h"
@@ -216,6 +218,8 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
       else if (pt == "4") throw ModelLoadError(path + ": reranker (rank pooling) models are not supported");
       else pooling_ = "mean";
     }
+    pool_ = parse_pooling(pooling_);
+    base_ = jina_v4_ && meta(model_, "jina_v4.base") == "true";
 
     int cap = n_ctx_train_ > 0 ? n_ctx_train_ : kDefaultMaxLength;
     if (opts.max_length) {
@@ -238,6 +242,8 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
       free_context();
       ensure_context(batch_tokens_);
     }
+
+    load_adapters(opts);
 
     char desc[256];
     llama_model_desc(model_, desc, sizeof(desc));
@@ -265,7 +271,12 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
         {"load_mode", load_mode_},
         {"file_type", llama_ftype_name(llama_model_ftype(model_))},
         {"n_gpu_layers", std::to_string(mp.n_gpu_layers)},
+        {"base", base_ ? "1" : "0"},
+        {"projector", opts.projector.value_or("")},
     };
+    std::string tasks;
+    for (const auto& kv : adapters_) tasks += (tasks.empty() ? "" : ",") + kv.first;
+    info_["adapters"] = tasks;
   } catch (...) {
     free_context();
     llama_model_free(model_);
@@ -328,39 +339,122 @@ std::vector<int> Model::dims() const {
   return out;
 }
 
+namespace {
+
+std::string quoted(const std::vector<std::string>& v) {
+  std::string out;
+  for (const auto& x : v) out += (out.empty() ? "'" : ", '") + x + "'";
+  return out.empty() ? "none" : out;
+}
+
+std::string adapter_meta(const llama_adapter_lora* a, const char* key) {
+  char buf[256];
+  const int n = llama_adapter_meta_val_str(a, key, buf, sizeof(buf));
+  return n < 0 ? std::string() : std::string(buf, static_cast<size_t>(std::min<int>(n, sizeof(buf) - 1)));
+}
+
+}  // namespace
+
+void Model::load_adapters(const ModelOptions& opts) {
+  if (!opts.adapters.empty() && !base_) {
+    throw ModelLoadError(path_ + ": task adapters go with a jina-embeddings-v4 base model written by "
+                         "`jv4 convert` (this file is " +
+                         (jina_v4_ ? std::string("a merged single-task model") : std::string("not one")) + ")");
+  }
+  for (const auto& [task_given, file] : opts.adapters) {
+    precheck_file(file);
+    take_thread_errors();
+    llama_adapter_lora* a = llama_adapter_lora_init(model_, file.c_str());
+    if (a == nullptr) {
+      std::string why = take_thread_errors();
+      throw ModelLoadError(file + ": cannot load it as a LoRA adapter of " + path_ + (why.empty() ? "" : ": " + why));
+    }
+    const std::string task = adapter_meta(a, "jina_v4.task");
+    if (task.empty() || std::find(jina::tasks().begin(), jina::tasks().end(), task) == jina::tasks().end()) {
+      throw ModelLoadError(file + ": not a jina-embeddings-v4 task adapter (its jina_v4.task is '" + task +
+                           "'; allowed: " + quoted(jina::tasks()) + ")");
+    }
+    if (!task_given.empty() && task_given != task) {
+      throw ModelLoadError(file + ": is the adapter of task '" + task + "', given for task '" + task_given + "'");
+    }
+    if (adapters_.count(task)) throw ModelLoadError(file + ": a second adapter for task '" + task + "'");
+    adapters_[task] = a;
+  }
+  if (opts.projector) {
+    if (!jina_v4_) throw ModelLoadError(path_ + ": multi-vector projectors apply to jina-embeddings-v4 models only");
+    projectors_ = load_projectors(*opts.projector, n_embd_);
+  }
+}
+
+std::vector<std::string> Model::adapter_tasks() const {
+  std::vector<std::string> out;
+  for (const auto& kv : adapters_) out.push_back(kv.first);
+  return out;
+}
+
+std::vector<std::string> Model::projector_tasks() const {
+  std::vector<std::string> out;
+  for (const auto& kv : projectors_) out.push_back(kv.first);
+  return out;
+}
+
+void Model::resolve_task(const std::optional<std::string>& task_in, Request& req) const {
+  if (task_in) jina::check_task(*task_in);
+  if (base_) {
+    const std::vector<std::string> have = adapter_tasks();
+    if (have.empty()) {
+      throw std::invalid_argument(path_ + " is the jina-embeddings-v4 base model without its task adapters; "
+                                  "load the folder `jv4 convert` wrote (jv4.Model(folder)) or pass adapters=");
+    }
+    if (!task_in) {
+      if (have.size() != 1) {
+        throw std::invalid_argument("this model serves several tasks; pass task= one of " + quoted(have));
+      }
+      req.task = have[0];
+    } else if (!adapters_.count(*task_in)) {
+      throw std::invalid_argument("no adapter for task='" + *task_in + "' was loaded (loaded: " + quoted(have) + ")");
+    } else {
+      req.task = *task_in;
+    }
+    return;
+  }
+  if (!task_in) {
+    if (task_.empty()) {
+      throw std::invalid_argument(
+          path_ + ": cannot tell which jina-embeddings-v4 task this file was merged for "
+          "(neither general.name nor the file name says); pass task= one of "
+          "'retrieval', 'text-matching', 'code'");
+    }
+    req.task = task_;
+    return;
+  }
+  if (!task_.empty() && *task_in != task_) {
+    std::string file = std::filesystem::path(path_).filename().string();
+    std::string want_tag = "text-" + jina::name_tag(*task_in);
+    std::string have_tag = "text-" + jina::name_tag(task_);
+    std::string suggestion;
+    size_t at = jina::lower_dashed(file).find(have_tag);
+    if (at != std::string::npos) {
+      suggestion = file.substr(0, at) + want_tag + file.substr(at + have_tag.size());
+    } else {
+      suggestion = "jina-embeddings-v4-" + want_tag + "-<quant>.gguf";
+    }
+    throw std::invalid_argument("task='" + *task_in + "' does not match this file: " + path_ +
+                                " is the jina-embeddings-v4 '" + task_ + "' model; load " + suggestion +
+                                " for task='" + *task_in + "' (or pass task=None)");
+  }
+  req.task = *task_in;
+}
+
 Request Model::resolve(const std::optional<std::string>& task_in, const std::string& role,
-                       std::optional<int> dim, bool truncate) const {
+                       std::optional<int> dim, bool truncate, bool multivector) const {
   Request req;
   req.truncate = truncate;
+  req.multivector = multivector;
   jina::check_role(role);
   if (jina_v4_) {
-    std::string task = task_in.value_or("");
-    if (task_in) jina::check_task(task);
-    if (!task_in) {
-      if (task_.empty()) {
-        throw std::invalid_argument(
-            path_ + ": cannot tell which jina-embeddings-v4 task this file was merged for "
-            "(neither general.name nor the file name says); pass task= one of "
-            "'retrieval', 'text-matching', 'code'");
-      }
-      task = task_;
-    } else if (!task_.empty() && task != task_) {
-      std::string file = std::filesystem::path(path_).filename().string();
-      std::string want_tag = "text-" + jina::name_tag(task);
-      std::string have_tag = "text-" + jina::name_tag(task_);
-      std::string suggestion;
-      size_t at = jina::lower_dashed(file).find(have_tag);
-      if (at != std::string::npos) {
-        suggestion = file.substr(0, at) + want_tag + file.substr(at + have_tag.size());
-      } else {
-        suggestion = "jina-embeddings-v4-" + want_tag + "-<quant>.gguf";
-      }
-      throw std::invalid_argument("task='" + task + "' does not match this file: " + path_ +
-                                  " is the jina-embeddings-v4 '" + task_ +
-                                  "' model; load " + suggestion + " for task='" + task +
-                                  "' (or pass task=None)");
-    }
-    req.prefix = jina::prefix(task, role);
+    resolve_task(task_in, req);
+    req.prefix = jina::prefix(req.task, role);
   } else {
     if (task_in) {
       throw std::invalid_argument("task applies only to jina-embeddings-v4 models; " + path_ +
@@ -369,6 +463,19 @@ Request Model::resolve(const std::optional<std::string>& task_in, const std::str
     if (role != "query") {
       throw std::invalid_argument("role applies only to jina-embeddings-v4 models; " + path_ +
                                   " is not one (no prefix is added): leave role='query'");
+    }
+  }
+  if (multivector) {
+    if (!jina_v4_) {
+      throw std::invalid_argument("multi-vector output is a jina-embeddings-v4 feature; " + path_ + " is not one");
+    }
+    if (projectors_.empty()) {
+      throw std::invalid_argument("multi-vector output needs the projector file `jv4 convert` writes "
+                                  "(*-projector.gguf): load the converted folder or pass projector=");
+    }
+    if (!projectors_.count(req.task)) {
+      throw std::invalid_argument("the projector file has no projector for task='" + req.task +
+                                  "' (it has " + quoted(projector_tasks()) + ")");
     }
   }
   if (!dim) {
@@ -476,13 +583,22 @@ std::vector<int32_t> Model::tokenize_head(std::string_view text, const std::stri
 }
 
 void Model::embed(const std::vector<std::string_view>& texts, const Request& req, float* out,
-                  const std::atomic<bool>* cancel, Progress* progress) {
+                  const std::atomic<bool>* cancel, Progress* progress, MultiOutput* multi) {
   const size_t n = texts.size();
   const int dim = req.dim;
+  const Projector* proj = nullptr;
+  if (req.multivector) {
+    if (multi == nullptr) throw std::invalid_argument("embed: multi-vector output needs a MultiOutput");
+    proj = &projectors_.at(req.task);
+    multi->width = proj->n_out;
+    multi->data.clear();
+    multi->offsets.assign(n + 1, 0);
+  }
   if (n == 0) return;
 
   // 1. tokenize (outside the lock: the vocabulary is read-only)
   std::vector<std::vector<int32_t>> toks(n);
+  std::vector<size_t> lens(n);
   for (size_t i = 0; i < n; ++i) {
     if (cancel && cancel->load()) throw Cancelled();
     // truncating: only the kept head is tokenized; not truncating: the
@@ -498,25 +614,23 @@ void Model::embed(const std::vector<std::string_view>& texts, const Request& req
       }
       toks[i].resize(static_cast<size_t>(max_length_));
     }
+    lens[i] = toks[i].size();
   }
-
-  if (progress != nullptr) {
-    uint64_t total = 0;
-    for (const auto& t : toks) total += t.size();
-    progress->tokens_total.store(total, std::memory_order_relaxed);
-  }
+  uint64_t total = 0;
+  for (size_t l : lens) total += l;
+  if (progress != nullptr) progress->tokens_total.store(total, std::memory_order_relaxed);
   auto advance = [&](uint64_t n_texts, uint64_t n_tokens) {
     if (progress == nullptr) return;
     progress->tokens.fetch_add(n_tokens, std::memory_order_relaxed);
     progress->texts.fetch_add(n_texts, std::memory_order_relaxed);
   };
+  if (multi != nullptr && proj != nullptr) {
+    for (size_t i = 0; i < n; ++i) multi->offsets[i + 1] = multi->offsets[i] + static_cast<int64_t>(lens[i]);
+    multi->data.assign(static_cast<size_t>(total) * static_cast<size_t>(proj->n_out), 0.0f);
+  }
 
-  // 2. longest first: a context that must grow grows once, at the start
-  std::vector<size_t> order(n);
-  std::iota(order.begin(), order.end(), size_t{0});
-  std::stable_sort(order.begin(), order.end(),
-                   [&](size_t a, size_t b) { return toks[a].size() > toks[b].size(); });
-  const int longest = static_cast<int>(toks[order[0]].size());
+  // 2. which tokens go into which decode
+  const Plan plan = plan_decodes(lens, batch_tokens_, n_seq_max_);
 
   std::lock_guard<std::mutex> lock(mu_);
   struct CancelScope {
@@ -526,135 +640,73 @@ void Model::embed(const std::vector<std::string_view>& texts, const Request& req
   } cancel_scope(cancel_, cancel);
 
   const int base_ctx = batch_tokens_;
-  ensure_context(longest);
-  const int B = batch_tokens_;
-  BatchHolder holder(B);
+  ensure_context(plan.longest);
+  if (base_) {
+    // the call's task: its adapter for every decode of the call (one task per call)
+    llama_adapter_lora* a = adapters_.at(req.task);
+    float scale = 1.0f;  // llama.cpp applies the file's alpha / rank itself
+    if (llama_set_adapters_lora(ctx_, &a, 1, &scale) != 0) {
+      throw std::runtime_error("cannot set the '" + req.task + "' adapter: " + take_thread_errors());
+    }
+  }
+  BatchHolder holder(batch_tokens_);
   llama_batch& batch = holder.b;
   llama_memory_t mem = llama_get_memory(ctx_);
-  const bool mean = pooling_ == "mean";
-  const bool last = pooling_ == "last";
 
-  // one accumulator row per text of a decode group, never more than the call has
-  std::vector<double> acc(std::min(static_cast<size_t>(n_seq_max_), n) * n_embd_);
-  std::vector<double> v(n_embd_);
+  // 3. decode, handing every output token to the output stage
+  std::vector<double> acc(std::min(static_cast<size_t>(n_seq_max_), n) * static_cast<size_t>(n_embd_));
+  auto acc_row = [&](int seq) { return acc.data() + static_cast<size_t>(seq) * static_cast<size_t>(n_embd_); };
+  const size_t n_pooled_of = 1;  // tokens pooled by cls / last
+  auto n_pooled = [&](size_t len) { return pool_ == Pooling::Mean ? len : std::min(len, n_pooled_of); };
 
-  auto decode = [&]() {
-    int rc = llama_decode(ctx_, batch);
+  for (size_t text : plan.empty) {
+    finish_pooled(nullptr, n_embd_, 0, pool_, dim, out + text * static_cast<size_t>(dim), text);
+    advance(1, 0);
+  }
+  for (const Decode& d : plan.decodes) {
+    if (cancel && cancel->load()) throw Cancelled();
+    if (d.clear) llama_memory_clear(mem, true);
+    batch.n_tokens = 0;
+    for (const Span& sp : d.spans) {
+      if (sp.begin == 0) std::fill(acc_row(sp.seq), acc_row(sp.seq) + n_embd_, 0.0);
+      const int len = static_cast<int>(lens[sp.text]);
+      for (int p = sp.begin; p < sp.end; ++p) {
+        const int j = batch.n_tokens++;
+        batch.token[j] = toks[sp.text][static_cast<size_t>(p)];
+        batch.pos[j] = p;
+        batch.n_seq_id[j] = 1;
+        batch.seq_id[j][0] = sp.seq;
+        batch.logits[j] = proj != nullptr || pooled_token(pool_, p, len);
+      }
+    }
+    const int rc = llama_decode(ctx_, batch);
     if (rc == 2 || (cancel && cancel->load())) throw Cancelled();
     if (rc != 0) {
       std::string why = take_thread_errors();
       throw std::runtime_error("llama_decode failed (code " + std::to_string(rc) + ")" +
                                (why.empty() ? "" : ": " + why));
     }
-  };
-  // Adds the outputs of the tokens in `batch` flagged for output to acc rows.
-  auto accumulate = [&]() {
-    for (int j = 0; j < batch.n_tokens; ++j) {
-      if (!batch.logits[j]) continue;
-      const float* e = llama_get_embeddings_ith(ctx_, j);
-      if (e == nullptr) throw std::runtime_error("llama.cpp returned no embedding for a token");
-      double* a = acc.data() + static_cast<size_t>(batch.seq_id[j][0]) * n_embd_;
-      for (int k = 0; k < n_embd_; ++k) a[k] += e[k];
-    }
-  };
-  auto add = [&](int32_t tok, int pos, int seq, bool output) {
-    int j = batch.n_tokens++;
-    batch.token[j] = tok;
-    batch.pos[j] = pos;
-    batch.n_seq_id[j] = 1;
-    batch.seq_id[j][0] = seq;
-    batch.logits[j] = output;
-  };
-  auto wants_output = [&](int pos, int len) {
-    return mean || (last ? pos == len - 1 : pos == 0);
-  };
-  // Pools acc row `seq` of a text with `len` tokens into out row `row`.
-  auto finish = [&](int seq, size_t row, size_t len) {
-    float* o = out + row * static_cast<size_t>(dim);
-    double* a = acc.data() + static_cast<size_t>(seq) * n_embd_;
-    if (len == 0) {
-      std::fill(o, o + dim, 0.0f);
-      return;
-    }
-    // mean (the 1/len factor cancels in the normalisation but is kept for clarity)
-    const double scale = mean ? 1.0 / static_cast<double>(len) : 1.0;
-    double ss = 0.0;
-    for (int k = 0; k < n_embd_; ++k) {
-      v[k] = a[k] * scale;
-      ss += v[k] * v[k];
-    }
-    if (!std::isfinite(ss)) {
-      // NaN/inf weights (a damaged download) or metadata that make the
-      // forward pass diverge: an error, never a silent NaN vector
-      throw std::runtime_error("the model computed non-finite values (NaN or infinity) for the text at index " +
-                               std::to_string(row) + "; the model file's weights or metadata are damaged");
-    }
-    double inv = 1.0 / std::max(std::sqrt(ss), 1e-12);
-    double ss2 = 0.0;
-    for (int k = 0; k < dim; ++k) {
-      v[k] *= inv;
-      ss2 += v[k] * v[k];
-    }
-    // Matryoshka: slice the normalised vector, then normalise again
-    double inv2 = dim < n_embd_ ? 1.0 / std::max(std::sqrt(ss2), 1e-12) : 1.0;
-    for (int k = 0; k < dim; ++k) o[k] = static_cast<float>(v[k] * inv2);
-  };
-
-  size_t idx = 0;
-  while (idx < n) {
-    if (cancel && cancel->load()) throw Cancelled();
-    const size_t first = order[idx];
-    const size_t len0 = toks[first].size();
-    if (len0 == 0) {  // only possible without a prefix and without special tokens
-      finish(0, first, 0);
-      advance(1, 0);
-      ++idx;
-      continue;
-    }
-    llama_memory_clear(mem, true);
-    if (static_cast<int>(len0) > B) {
-      // one long text, decoded in chunks against the KV cache
-      std::fill(acc.begin(), acc.begin() + n_embd_, 0.0);
-      const auto& t = toks[first];
-      for (size_t start = 0; start < len0; start += static_cast<size_t>(B)) {
-        batch.n_tokens = 0;
-        size_t end = std::min(len0, start + static_cast<size_t>(B));
-        for (size_t p = start; p < end; ++p) {
-          add(t[p], static_cast<int>(p), 0, wants_output(static_cast<int>(p), static_cast<int>(len0)));
+    int j = 0;
+    for (const Span& sp : d.spans) {
+      const int len = static_cast<int>(lens[sp.text]);
+      for (int p = sp.begin; p < sp.end; ++p, ++j) {
+        if (!batch.logits[j]) continue;
+        const float* e = llama_get_embeddings_ith(ctx_, j);
+        if (e == nullptr) throw std::runtime_error("llama.cpp returned no embedding for a token");
+        if (pooled_token(pool_, p, len)) accumulate_row(acc_row(sp.seq), e, n_embd_);
+        if (proj != nullptr) {
+          const size_t row = static_cast<size_t>(multi->offsets[sp.text]) + static_cast<size_t>(p);
+          project_token(*proj, e, multi->data.data() + row * static_cast<size_t>(proj->n_out), sp.text);
         }
-        decode();
-        accumulate();
-        advance(0, end - start);
       }
-      finish(0, first, len0);
-      advance(1, 0);
-      ++idx;
-      continue;
-    }
-    // pack several texts (all <= B tokens) into one decode
-    batch.n_tokens = 0;
-    size_t group_end = idx;
-    int used = 0;
-    while (group_end < n && static_cast<int>(group_end - idx) < n_seq_max_) {
-      const auto& t = toks[order[group_end]];
-      if (t.empty() || used + static_cast<int>(t.size()) > B) break;
-      const int seq = static_cast<int>(group_end - idx);
-      for (size_t p = 0; p < t.size(); ++p) {
-        add(t[p], static_cast<int>(p), seq, wants_output(static_cast<int>(p), static_cast<int>(t.size())));
+      if (sp.last) {
+        finish_pooled(acc_row(sp.seq), n_embd_, n_pooled(lens[sp.text]), pool_, dim,
+                      out + sp.text * static_cast<size_t>(dim), sp.text);
       }
-      used += static_cast<int>(t.size());
-      ++group_end;
     }
-    const int n_seq = static_cast<int>(group_end - idx);
-    std::fill(acc.begin(), acc.begin() + static_cast<size_t>(n_seq) * n_embd_, 0.0);
-    decode();
-    accumulate();
-    for (int s = 0; s < n_seq; ++s) {
-      const size_t row = order[idx + static_cast<size_t>(s)];
-      finish(s, row, toks[row].size());
-    }
-    advance(static_cast<uint64_t>(n_seq), static_cast<uint64_t>(used));
-    idx = group_end;
+    uint64_t finished = 0;
+    for (const Span& sp : d.spans) finished += sp.last ? 1 : 0;
+    advance(finished, static_cast<uint64_t>(d.n_tokens()));
   }
   llama_memory_clear(mem, true);
   // A context grown for long texts gives its memory back after the call.

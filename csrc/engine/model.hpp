@@ -9,9 +9,13 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
+#include "engine/output.hpp"
+
 struct llama_model;
+struct llama_adapter_lora;
 struct llama_context;
 struct llama_vocab;
 
@@ -24,6 +28,9 @@ struct ModelOptions {
   std::optional<bool> repack;       // CPU weight repacking; none: by weight type
   std::optional<int> n_gpu_layers;  // layers placed on the GPU; none: all (0: CPU only)
   std::optional<int> main_gpu;      // the GPU holding the model; none: split over all GPUs
+  // jina-v4 task adapters (task, LoRA GGUF) over a base model from `jv4 convert`
+  std::vector<std::pair<std::string, std::string>> adapters;
+  std::optional<std::string> projector;  // multi-vector projector GGUF
 };
 
 // Counters that embed() advances as its decodes finish. Written by the
@@ -38,8 +45,18 @@ struct Progress {
 // What embed() is asked for, after validation.
 struct Request {
   std::string prefix;  // added in front of every text ("" for none)
+  std::string task;    // jina-v4 task ("" for other models)
   int dim = 0;         // output width
   bool truncate = true;
+  bool multivector = false;  // also per-token vectors (MultiOutput)
+};
+
+// Per-token (multi-vector) output of one call: the vectors of text i are rows
+// offsets[i] .. offsets[i+1] of data (width floats a row), input order.
+struct MultiOutput {
+  int width = 0;
+  std::vector<float> data;
+  std::vector<int64_t> offsets;
 };
 
 class Model {
@@ -63,11 +80,16 @@ class Model {
   const std::string& path() const { return path_; }
   std::vector<int> dims() const;  // allowed `dim` values
   const std::map<std::string, std::string>& info() const { return info_; }
+  // tasks with a loaded adapter / a multi-vector projector (sorted)
+  std::vector<std::string> adapter_tasks() const;
+  std::vector<std::string> projector_tasks() const;
+  // a jina-v4 base model (from `jv4 convert`): tasks come from adapters
+  bool is_base() const { return base_; }
 
   // Validates task/role/dim (std::invalid_argument naming the allowed values).
   // No task: the file's own; no dim: the full width.
   Request resolve(const std::optional<std::string>& task, const std::string& role,
-                  std::optional<int> dim, bool truncate) const;
+                  std::optional<int> dim, bool truncate, bool multivector = false) const;
 
   // Token ids of prefix + text, exactly as embed() feeds them (before truncation).
   std::vector<int32_t> tokenize(std::string_view text, const std::string& prefix) const;
@@ -82,8 +104,10 @@ class Model {
   // Embeds texts into out[texts.size() * req.dim] (row-major, input order).
   // `cancel` is polled between and inside decodes; when set, throws Cancelled.
   // `progress` (optional) is advanced after each decode.
+  // With req.multivector, `multi` (required) receives every token's projected,
+  // L2-normalised vector from the same decodes.
   void embed(const std::vector<std::string_view>& texts, const Request& req, float* out,
-             const std::atomic<bool>* cancel, Progress* progress = nullptr);
+             const std::atomic<bool>* cancel, Progress* progress = nullptr, MultiOutput* multi = nullptr);
 
  private:
   void ensure_context(int n_ctx_needed);
@@ -106,6 +130,12 @@ class Model {
   bool causal_ = true;
   std::string task_;
   std::string pooling_;  // "mean", "cls" or "last"
+  Pooling pool_ = Pooling::Mean;
+  bool base_ = false;
+  std::map<std::string, llama_adapter_lora*> adapters_;
+  std::map<std::string, Projector> projectors_;
+  void load_adapters(const ModelOptions& opts);
+  void resolve_task(const std::optional<std::string>& task_in, Request& req) const;
   std::string tokenizer_pre_;
   // tokenize_head may cut texts at piece boundaries (Qwen2's pre-tokenizer,
   // checked at load); `reserved_`: code points of special tokens, sorted
