@@ -275,7 +275,7 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
         {"projector", opts.projector.value_or("")},
     };
     std::string tasks;
-    for (const auto& kv : adapters_) tasks += (tasks.empty() ? "" : ",") + kv.first;
+    for (const std::string& t : adapter_tasks()) tasks += (tasks.empty() ? "" : ",") + t;
     info_["adapters"] = tasks;
   } catch (...) {
     free_context();
@@ -387,14 +387,18 @@ void Model::load_adapters(const ModelOptions& opts) {
 }
 
 std::vector<std::string> Model::adapter_tasks() const {
-  std::vector<std::string> out;
-  for (const auto& kv : adapters_) out.push_back(kv.first);
+  std::vector<std::string> out;  // in the reference's task order
+  for (const std::string& t : jina::tasks()) {
+    if (adapters_.count(t)) out.push_back(t);
+  }
   return out;
 }
 
 std::vector<std::string> Model::projector_tasks() const {
   std::vector<std::string> out;
-  for (const auto& kv : projectors_) out.push_back(kv.first);
+  for (const std::string& t : jina::tasks()) {
+    if (projectors_.count(t)) out.push_back(t);
+  }
   return out;
 }
 

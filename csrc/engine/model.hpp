@@ -80,7 +80,7 @@ class Model {
   const std::string& path() const { return path_; }
   std::vector<int> dims() const;  // allowed `dim` values
   const std::map<std::string, std::string>& info() const { return info_; }
-  // tasks with a loaded adapter / a multi-vector projector (sorted)
+  // tasks with a loaded adapter / a multi-vector projector (in jina::tasks() order)
   std::vector<std::string> adapter_tasks() const;
   std::vector<std::string> projector_tasks() const;
   // a jina-v4 base model (from `jv4 convert`): tasks come from adapters

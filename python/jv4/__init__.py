@@ -23,6 +23,7 @@ from ._load import dispatch as _dispatch
 from ._core import ModelLoadError
 from ._model import Model, opt_int
 from .embedder import Embedder
+from .multivector import MultiVectors, maxsim
 from .hub import ModelNotFoundError
 from .precision import PRECISIONS, calibration_ranges, quantize_embeddings
 
@@ -46,6 +47,9 @@ __all__ = [
     "build_info",
     "quantize",
     "QUANT_TYPES",
+    "convert",
+    "MultiVectors",
+    "maxsim",
     "__version__",
 ]
 
@@ -66,6 +70,19 @@ def build_info() -> dict:
     info = _core.build_info()
     info["dispatch"] = dict(_dispatch)
     return info
+
+
+def convert(checkpoint: Union[str, os.PathLike], out_dir: Union[str, os.PathLike], *,
+            outtype: str = "f16", merge: Optional[str] = None) -> dict:
+    """Convert the jina-embeddings-v4 Hugging Face checkpoint folder
+    ``checkpoint`` into ``out_dir``: one base GGUF, a LoRA GGUF per task and
+    the multi-vector projectors (or, with ``merge=TASK``, one merged
+    single-task GGUF and the projectors). ``jv4.Model(out_dir)`` loads the
+    result. What each file holds: ``help(jv4.checkpoint)``;
+    needs ``pip install 'jv4[convert]'``."""
+    from .checkpoint import convert as _convert
+
+    return _convert(checkpoint, out_dir, outtype=outtype, merge=merge)
 
 
 def quantize(src: Union[str, os.PathLike], dst: Union[str, os.PathLike], type: str,

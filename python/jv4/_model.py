@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
@@ -20,7 +20,7 @@ ProgressFn = Callable[[int, int, int], None]
 ModelSpec = Union[str, os.PathLike]
 
 _INT_INFO = {"n_embd", "n_layer", "n_head", "n_vocab", "n_ctx_train", "n_params", "size_bytes", "n_gpu_layers"}
-_BOOL_INFO = {"jina_v4", "causal", "repack"}
+_BOOL_INFO = {"jina_v4", "causal", "repack", "base"}
 
 
 def opt_int(name: str, value: Any, minimum: int = 1) -> Optional[int]:
@@ -46,6 +46,31 @@ def _role_arg(role: Any) -> str:
     if not isinstance(role, str):
         raise TypeError(f"role must be a str ('query' or 'passage'), got {type(role).__name__}")
     return role
+
+
+def _adapter_pairs(adapters: Any) -> list:
+    """[(task or "", path)] from a {task: path} mapping or a list of paths
+    (each adapter file names its task; a given task must agree)."""
+    if adapters is None:
+        return []
+    if isinstance(adapters, (str, os.PathLike)):
+        adapters = [adapters]
+    if isinstance(adapters, Mapping):
+        items = list(adapters.items())
+    else:
+        try:
+            items = [("", p) for p in adapters]
+        except TypeError:
+            raise TypeError(f"adapters must be a {{task: path}} mapping or a list of paths, "
+                            f"got {type(adapters).__name__}") from None
+    out = []
+    for task, p in items:
+        if not isinstance(task, str) or not isinstance(p, (str, os.PathLike)):
+            raise TypeError("adapters must be a {task: path} mapping or a list of paths")
+        if task and task not in _core.TASKS:
+            raise ValueError(f"adapter task must be one of {', '.join(map(repr, _core.TASKS))} (got {task!r})")
+        out.append((task, os.fspath(p)))
+    return out
 
 
 def local_path(model: ModelSpec, *, quant: Optional[str] = None, revision: Optional[str] = None,
@@ -87,6 +112,13 @@ class Model(EncodeQueryDocument):
         no GPU.
     main_gpu: the GPU (0-based) that holds the whole model; default None:
         llama.cpp's split over all GPUs. A ValueError names the GPUs seen.
+    adapters: for a jina-v4 base model written by ``jv4 convert``, its task
+        adapters (``{task: path}`` or a list of paths; each file names its
+        task). One copy of the base serves every task; ``embed(task=...)``
+        picks the adapter per call. A folder ``jv4 convert`` wrote, given as
+        ``model``, loads its base, adapters and projector by itself.
+    projector: the multi-vector projector file (``*-projector.gguf``) for
+        ``embed_multivector``; also works with a merged single-task model.
 
     Calls are thread-safe (one forward pass at a time per Model) and run
     without the GIL. A bad file raises FileNotFoundError or ModelLoadError;
@@ -97,7 +129,9 @@ class Model(EncodeQueryDocument):
     def __init__(self, model: ModelSpec, *, n_threads: Optional[int] = None,
                  max_length: Optional[int] = None, batch_tokens: Optional[int] = None,
                  repack: Optional[bool] = None, n_gpu_layers: Optional[int] = None,
-                 main_gpu: Optional[int] = None) -> None:
+                 main_gpu: Optional[int] = None,
+                 adapters: Union[Mapping[str, ModelSpec], Sequence[ModelSpec], None] = None,
+                 projector: Optional[ModelSpec] = None) -> None:
         if repack is not None and not isinstance(repack, (bool, np.bool_)):
             raise TypeError(f"repack must be True, False or None, got {type(repack).__name__}")
         n_threads = opt_int("n_threads", n_threads)
@@ -106,9 +140,24 @@ class Model(EncodeQueryDocument):
         n_gpu_layers = opt_int("n_gpu_layers", n_gpu_layers, minimum=0)
         main_gpu = opt_int("main_gpu", main_gpu, minimum=0)
         path = local_path(model)
+        pairs = _adapter_pairs(adapters)
+        if projector is not None:
+            if not isinstance(projector, (str, os.PathLike)):
+                raise TypeError(f"projector must be a path or None, got {type(projector).__name__}")
+            projector = os.fspath(projector)
+        if os.path.isdir(path):
+            # a folder `jv4 convert` wrote: its manifest names the files
+            from .checkpoint import read_manifest
+
+            files = read_manifest(path)
+            path = files.get("base") or files["merged"]
+            if adapters is None:
+                pairs = sorted(files["adapters"].items())
+            if projector is None:
+                projector = files.get("projector")
         self._core: Optional[_core.Model] = _core.Model(
             path, n_threads, max_length, batch_tokens, None if repack is None else bool(repack),
-            n_gpu_layers, main_gpu)
+            n_gpu_layers, main_gpu, pairs, projector)
         # the Unicode normal form the model's reference tokenizer applies first
         # ("NFC" for the Qwen2 vocabulary; None: text goes in as it is)
         self._normal_form: Optional[str] = self._core.normalization
@@ -159,6 +208,20 @@ class Model(EncodeQueryDocument):
         return self._m.task
 
     @property
+    def tasks(self) -> list:
+        """The jina-v4 tasks this model serves: every loaded adapter's for a
+        base model from ``jv4 convert``, the file's own task for a merged
+        model, [] otherwise."""
+        if self._m.is_base:
+            return list(self._m.adapter_tasks)
+        return [self.task] if self.task else []
+
+    @property
+    def multivector_tasks(self) -> list:
+        """Tasks with a multi-vector projector loaded (``embed_multivector``)."""
+        return [t for t in self._m.projector_tasks if not self._m.is_base or t in self._m.adapter_tasks]
+
+    @property
     def dims(self) -> list:
         """Allowed ``dim`` values: the trained Matryoshka dims up to the width
         for jina-v4 models, any of 1..n_embd for other models."""
@@ -184,7 +247,8 @@ class Model(EncodeQueryDocument):
             elif k in _BOOL_INFO:
                 out[k] = v == "1"
             else:
-                out[k] = v or None if k in ("task",) else v
+                out[k] = v or None if k in ("task", "projector") else v
+        out["adapters"] = [t for t in out.get("adapters", "").split(",") if t]
         return out
 
     def close(self) -> None:
@@ -246,6 +310,30 @@ class Model(EncodeQueryDocument):
         return self._m.embed(self._normalize(texts), _task_arg(task), _role_arg(role), opt_int("dim", dim),
                              bool(truncate), progress)
 
+    def embed_multivector(self, texts: Union[str, Sequence[str]], task: Optional[str] = None,
+                          role: str = "query", dim: Optional[int] = None, *, truncate: bool = True,
+                          show_progress: bool = False) -> "MultiVectors":
+        """jina-v4 multi-vector (late interaction) output: for every text, one
+        L2-normalised 128-wide vector per token (the task/role prefix's tokens
+        included), the multi-vector projector applied to the model's last
+        hidden states. Needs the projector file ``jv4 convert`` writes (loaded
+        with the converted folder, or ``projector=``).
+
+        Returns a ``jv4.MultiVectors``: ``result[i]`` is text i's
+        ``(n_tokens_i, 128)`` float32 array (a view into one flat array,
+        ``result.data``, with ``result.offsets``), and ``result.pooled`` the
+        texts' single vectors (``dim`` wide) from the same forward pass.
+        Score with ``jv4.maxsim``."""
+        from .multivector import MultiVectors
+
+        single = isinstance(texts, str)
+        items = [texts] if single else texts
+        with embed_bar(1 if single else _len_or_none(items), enabled=bool(show_progress)) as hook:
+            pooled, data, offsets = self._m.embed_multivector(self._normalize(items), _task_arg(task),
+                                                              _role_arg(role), opt_int("dim", dim),
+                                                              bool(truncate), hook)
+        return MultiVectors(data, offsets, pooled)
+
     def encode(self, inputs: Any = None, prompt_name: Optional[str] = None, prompt: Optional[str] = None,
                batch_size: int = 32, show_progress_bar: Optional[bool] = None, *, task: Optional[str] = None,
                **kwargs: Any) -> Any:
@@ -256,6 +344,11 @@ class Model(EncodeQueryDocument):
         ``task`` the jina-v4 task (default: the file's). What each argument
         means here, and which ones are refused: ``jv4.encode``."""
         task = _task_arg(task) if task is not None else self.task
+        if task is None and self._m.is_base and len(self.tasks) == 1:
+            task = self.tasks[0]
+        if task is None and self._m.is_base:
+            raise ValueError(f"this model serves several tasks; pass task= one of "
+                             f"{', '.join(map(repr, self.tasks))}")
         if task is None and self._m.is_jina_v4:
             raise ValueError(f"{self.path}: cannot tell which jina-embeddings-v4 task this file was merged "
                              f"for; pass task= one of {', '.join(map(repr, _core.TASKS))}")
@@ -291,6 +384,13 @@ class Model(EncodeQueryDocument):
         except TypeError:
             return texts  # the engine names the problem
         return [unicodedata.normalize(form, t) if isinstance(t, str) else t for t in items]
+
+
+def _len_or_none(texts: Any) -> Optional[int]:
+    try:
+        return len(texts)
+    except TypeError:
+        return None
 
 
 def run_embed(run: Callable[[Optional[ProgressFn]], np.ndarray], texts: Any, precision: str,

@@ -5,6 +5,7 @@
     jv4 embed -i docs.jsonl --field body -o docs.jsonl.out.jsonl --task code
     jv4 info [MODEL]
     jv4 quantize SRC.gguf DST.gguf Q4_K_M
+    jv4 convert CHECKPOINT_DIR OUT_DIR [--outtype f16] [--merge TASK]
 
 Without -m, `embed` uses the official GGUF of --task (default retrieval) at
 --quant (default Q4_K_M), downloaded through huggingface_hub on first use.
@@ -31,6 +32,7 @@ import numpy as np
 
 import jv4
 
+from .checkpoint import OUTTYPES
 from .hub import DEFAULT_QUANT
 from .precision import PRECISIONS, calibration_ranges, output_dtype, output_width, quantize_embeddings
 from .progress import Bar
@@ -304,6 +306,8 @@ def cmd_info(a: argparse.Namespace) -> int:
         "name": info.get("name") or None,
         "jina_v4": info.get("jina_v4"),
         "task": m.task,
+        "tasks": m.tasks,
+        "multivector_tasks": m.multivector_tasks,
         "n_embd": m.n_embd,
         "dims": m.dims,
         "pooling": info.get("pooling"),
@@ -325,10 +329,30 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(a: argparse.Namespace) -> int:
+    from .checkpoint import convert
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc="convert", unit="tensor", file=sys.stderr, dynamic_ncols=True) if a.progress else None
+    try:
+        manifest = convert(a.checkpoint, a.out_dir, outtype=a.outtype, merge=a.merge,
+                           progress=(lambda name: bar.update(1)) if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not a.quiet:
+        files = [manifest.get("base") or manifest.get("merged"), *manifest.get("adapters", {}).values(),
+                 manifest["projector"]]
+        print(f"wrote {a.out_dir}: {', '.join(files)} (load it with jv4.Model({str(a.out_dir)!r}))",
+              file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="jv4", description="Embeddings from jina-embeddings-v4 GGUF models, in process.")
     ap.add_argument("--version", action="version", version=f"jv4 {jv4.__version__}")
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{embed,info,quantize}")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{embed,info,quantize,convert}")
 
     e = sub.add_parser("embed", help="embed texts into vectors",
                        description="Embed texts (arguments, a text file with one text a line, or "
@@ -368,6 +392,22 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("dst")
     q.add_argument("type", choices=jv4.QUANT_TYPES, metavar="TYPE", help=", ".join(jv4.QUANT_TYPES))
     q.add_argument("--threads", type=int)
+
+    c = sub.add_parser("convert", help="convert the jina-embeddings-v4 checkpoint (base + task adapters)",
+                       description="Convert a jina-embeddings-v4 Hugging Face checkpoint folder into GGUF "
+                                   "files: one base model, a LoRA adapter per task and the multi-vector "
+                                   "projectors (or, with --merge, one merged single-task model and the "
+                                   "projectors). Load the result with -m OUT_DIR / jv4.Model(OUT_DIR).")
+    c.add_argument("checkpoint", metavar="CHECKPOINT_DIR",
+                   help="config.json, *.safetensors, tokenizer.json, adapters/")
+    c.add_argument("out_dir", metavar="OUT_DIR", help="a new (or empty) folder")
+    c.add_argument("--outtype", choices=OUTTYPES, default="f16",
+                   help="the base model's matrices (default f16)")
+    c.add_argument("--merge", choices=jv4.TASKS, metavar="TASK",
+                   help=f"write one model with this task's adapter merged ({', '.join(jv4.TASKS)})")
+    c.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: when stderr is a terminal)")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary line")
     return ap
 
 
@@ -382,6 +422,12 @@ def main(argv: Optional[list] = None) -> int:
             return cmd_embed(a)
         if a.cmd == "info":
             return cmd_info(a)
+        if a.cmd == "convert":
+            if a.progress is None:
+                a.progress = not a.quiet and sys.stderr.isatty()
+            elif a.quiet:
+                a.progress = False
+            return cmd_convert(a)
         return cmd_quantize(a)
     except KeyboardInterrupt:
         print("jv4: interrupted", file=sys.stderr)
