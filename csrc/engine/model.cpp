@@ -1,11 +1,11 @@
-// Model: loading, jina-v4 task detection, and the embed pipeline.
-//
-// Batching: texts are tokenized (prefix included), sorted by token count and
-// packed into decodes of at most `batch_tokens` tokens. Every token's final
-// hidden state is returned by llama.cpp (pooling NONE) and pooled here, so
-// a text longer than one batch is simply decoded in several chunks against
-// the KV cache and still pooled over all its tokens. The KV cache is cleared
-// before each decode group, so a text's vector never depends on its batch.
+// Model: loading, jina-v4 task detection and adapters, and embed() - a
+// driver over the pure stages: tokenize, plan the decodes (batch_plan.hpp:
+// length-sorted, packed, long texts chunked against the KV cache), decode
+// with pooling NONE so llama.cpp returns every token's final hidden state,
+// and hand each to the output stage (output.hpp: pooling, L2, Matryoshka,
+// per-token projection). The KV cache is cleared before each decode group,
+// so a text's vector never depends on its batch. A base model from
+// `jv4 convert` gets the call's task adapter set before its decodes.
 #include "engine/model.hpp"
 
 #include <algorithm>

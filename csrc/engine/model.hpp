@@ -1,6 +1,7 @@
-// Model: one GGUF embedding model with its llama.cpp context, and the whole
+// Model: one GGUF embedding model with its llama.cpp context (and, for a
+// jina-v4 base model, its task adapters and multi-vector projectors), and the
 // embed pipeline (tokenize, task/role prefix, batching, pooling, L2,
-// Matryoshka truncation). Plain C++; knows nothing of Python.
+// Matryoshka truncation, per-token vectors). Plain C++; knows nothing of Python.
 #pragma once
 #include <atomic>
 #include <cstdint>

@@ -18,8 +18,8 @@ multi-vector projector. From the checkpoint folder (``config.json``,
 the base with that task's LoRA merged (the kind of file Jina publishes), next
 to the projector file.
 
-Tensors are read one at a time from memory-mapped safetensors and written as
-they are converted, so memory stays near the largest tensor. Everything is
+Tensors are read one at a time from the safetensors files and written as
+they are converted, so memory stays near a few copies of the largest tensor. Everything is
 checked before the first byte is written, and the files appear under the
 output folder's name only when all of them are complete.
 
@@ -85,7 +85,7 @@ class ConversionError(ValueError):
 # --- reading safetensors -----------------------------------------------------
 # numpy has no bfloat16 and safetensors' numpy loader refuses BF16 tensors, so
 # the files are read here: an 8-byte header length, a JSON header of
-# {name: {dtype, shape, data_offsets}}, then the data, memory-mapped.
+# {name: {dtype, shape, data_offsets}}, then the data.
 _ST_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
 
 
@@ -115,20 +115,23 @@ class _SafeTensors:
             count = int(np.prod(m["shape"], dtype=np.int64))
             if end - begin != count * np.dtype(_ST_DTYPES[m["dtype"]]).itemsize or self.base + end > size:
                 raise ConversionError(f"{path}: tensor {name}'s data does not match its shape {m['shape']}")
-        self._map: Optional[np.memmap] = None
 
     def shape(self, name: str) -> tuple:
         return tuple(self.meta[name]["shape"])
 
     def read(self, name: str) -> np.ndarray:
-        """The tensor as float32 (a new array)."""
-        if self._map is None:
-            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+        """The tensor as float32 (a new array). Read, not memory-mapped: mapped
+        pages of a 7 GB checkpoint would stay in the process as they are
+        touched (RSS grew to the checkpoint's size in a v4 conversion)."""
         m = self.meta[name]
         begin, end = m["data_offsets"]
-        raw = self._map[self.base + begin:self.base + end]
-        if m["dtype"] == "BF16":
-            out = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+        raw = np.fromfile(self.path, dtype=np.uint8, count=end - begin, offset=self.base + begin)
+        if len(raw) != end - begin:
+            raise ConversionError(f"{self.path}: truncated (tensor {name})")
+        if m["dtype"] == "BF16":  # the top half of a float32
+            wide = raw.view(np.uint16).astype(np.uint32)
+            wide <<= 16
+            out = wide.view(np.float32)
         else:
             out = raw.view(_ST_DTYPES[m["dtype"]]).astype(np.float32)
         return out.reshape(m["shape"])
@@ -232,6 +235,10 @@ class _Checkpoint:
         if s.hidden % s.heads or s.heads % s.kv_heads:
             raise ConversionError(f"config.json: {s.heads} heads do not divide hidden_size {s.hidden} "
                                   f"or are not a multiple of {s.kv_heads} KV heads")
+        half = s.hidden // s.heads // 2
+        if s.mrope and (len(s.mrope) > 4 or sum(s.mrope) > half or min(s.mrope) < 0):
+            raise ConversionError(f"config.json: rope_scaling.mrope_section {s.mrope} does not fit the "
+                                  f"head's {half} rotary pairs")
         files = sorted(p for p in root.glob("*.safetensors"))
         if not files:
             raise ConversionError(f"{root}: no *.safetensors weights")
@@ -433,7 +440,18 @@ def _encode(gguf, values: np.ndarray, qtype) -> np.ndarray:
         return np.ascontiguousarray(values, dtype=np.float32)
     if qtype == T.F16:
         return np.ascontiguousarray(values, dtype=np.float16)
-    return gguf.quants.quantize(np.ascontiguousarray(values, dtype=np.float32), qtype)
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    if values.ndim != 2 or values.size <= 1 << 22:
+        return gguf.quants.quantize(values, qtype)
+    # by blocks of rows: gguf's quantizers hold several float copies of what
+    # they are given (the v4 embedding matrix is 1.2 GB as float32)
+    rows = max(1, (1 << 22) // values.shape[1])
+    first = gguf.quants.quantize(values[:rows], qtype)
+    out = np.empty((values.shape[0], first.shape[1]), dtype=first.dtype)
+    out[:rows] = first
+    for r in range(rows, values.shape[0], rows):
+        out[r:r + rows] = gguf.quants.quantize(values[r:r + rows], qtype)
+    return out
 
 
 def _nbytes(gguf, shape: tuple, qtype) -> int:
