@@ -298,6 +298,14 @@ def test_base_model_needs_a_task_and_its_adapters(converted):
         one.embed_multivector("x")
     with pytest.raises(jv4.ModelLoadError, match="is the adapter of task 'code', given for task 'retrieval'"):
         jv4.Model(base, adapters={"retrieval": folder / manifest["adapters"]["code"]})
+    with pytest.raises(jv4.ModelLoadError, match="a second adapter for task 'code'"):
+        jv4.Model(base, adapters=[folder / manifest["adapters"]["code"]] * 2)
+    with pytest.raises(ValueError, match="adapter task must be one of 'retrieval', 'text-matching', 'code'"):
+        jv4.Model(base, adapters={"summary": folder / manifest["adapters"]["code"]})
+    with pytest.raises(TypeError, match="adapters must be"):
+        jv4.Model(base, adapters=3)
+    with pytest.raises(jv4.ModelLoadError, match="not a jina-embeddings-v4 task adapter|cannot load it as a LoRA"):
+        jv4.Model(base, adapters=[base])
 
 
 def test_adapters_are_refused_on_a_merged_model(converted):

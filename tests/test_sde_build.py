@@ -38,8 +38,14 @@ def test_source_date_epoch_build_has_the_same_cpu_features(tmp_path):
     with zipfile.ZipFile(wheel) as z:
         z.extractall(site)
     code = "import json, jv4; print(json.dumps([jv4.__file__, jv4.build_info()]))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                         text=True, env={**os.environ, "PYTHONPATH": str(site)}, check=True)
+    # -S: no site hooks, so an editable install's import finder (a dev
+    # virtualenv's) cannot shadow the unpacked wheel; numpy & co. come from
+    # this environment's site-packages, after it on the path
+    import sysconfig
+
+    path = os.pathsep.join([str(site), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    out = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": path}, check=True)
     other_file, other = json.loads(out.stdout)
     assert Path(other_file).is_relative_to(site)
     assert other["cpu_features"] == jv4.build_info()["cpu_features"]

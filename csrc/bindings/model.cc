@@ -99,7 +99,7 @@ void register_model(py::module_& m) {
                        std::optional<int> max_length, std::optional<int> batch_tokens,
                        std::optional<bool> repack, std::optional<int> n_gpu_layers,
                        std::optional<int> main_gpu,
-                       std::vector<std::pair<std::string, std::string>> adapters,
+                       std::vector<std::pair<std::optional<std::string>, std::string>> adapters,
                        std::optional<std::string> projector) {
              jv4::ModelOptions opts{n_threads, max_length, batch_tokens, repack, n_gpu_layers, main_gpu,
                                     std::move(adapters), std::move(projector)};
@@ -112,7 +112,7 @@ void register_model(py::module_& m) {
            py::arg("path"), py::arg("n_threads") = py::none(), py::arg("max_length") = py::none(),
            py::arg("batch_tokens") = py::none(), py::arg("repack") = py::none(),
            py::arg("n_gpu_layers") = py::none(), py::arg("main_gpu") = py::none(),
-           py::arg("adapters") = std::vector<std::pair<std::string, std::string>>(),
+           py::arg("adapters") = std::vector<std::pair<std::optional<std::string>, std::string>>(),
            py::arg("projector") = py::none())
       .def_property_readonly("n_embd", [](const M& s) { return s.model->n_embd(); })
       .def_property_readonly("task", [](const M& s) -> py::object {

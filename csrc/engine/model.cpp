@@ -374,8 +374,8 @@ void Model::load_adapters(const ModelOptions& opts) {
       throw ModelLoadError(file + ": not a jina-embeddings-v4 task adapter (its jina_v4.task is '" + task +
                            "'; allowed: " + quoted(jina::tasks()) + ")");
     }
-    if (!task_given.empty() && task_given != task) {
-      throw ModelLoadError(file + ": is the adapter of task '" + task + "', given for task '" + task_given + "'");
+    if (task_given && *task_given != task) {
+      throw ModelLoadError(file + ": is the adapter of task '" + task + "', given for task '" + *task_given + "'");
     }
     if (adapters_.count(task)) throw ModelLoadError(file + ": a second adapter for task '" + task + "'");
     adapters_[task] = a;

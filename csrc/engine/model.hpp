@@ -29,8 +29,9 @@ struct ModelOptions {
   std::optional<bool> repack;       // CPU weight repacking; none: by weight type
   std::optional<int> n_gpu_layers;  // layers placed on the GPU; none: all (0: CPU only)
   std::optional<int> main_gpu;      // the GPU holding the model; none: split over all GPUs
-  // jina-v4 task adapters (task, LoRA GGUF) over a base model from `jv4 convert`
-  std::vector<std::pair<std::string, std::string>> adapters;
+  // jina-v4 task adapters over a base model from `jv4 convert`: (task, LoRA
+  // GGUF); no task: the one the file names (a given task must agree with it)
+  std::vector<std::pair<std::optional<std::string>, std::string>> adapters;
   std::optional<std::string> projector;  // multi-vector projector GGUF
 };
 

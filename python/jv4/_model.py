@@ -49,7 +49,7 @@ def _role_arg(role: Any) -> str:
 
 
 def _adapter_pairs(adapters: Any) -> list:
-    """[(task or "", path)] from a {task: path} mapping or a list of paths
+    """[(task or None, path)] from a {task: path} mapping or a list of paths
     (each adapter file names its task; a given task must agree)."""
     if adapters is None:
         return []
@@ -59,15 +59,15 @@ def _adapter_pairs(adapters: Any) -> list:
         items = list(adapters.items())
     else:
         try:
-            items = [("", p) for p in adapters]
+            items = [(None, p) for p in adapters]
         except TypeError:
             raise TypeError(f"adapters must be a {{task: path}} mapping or a list of paths, "
                             f"got {type(adapters).__name__}") from None
     out = []
     for task, p in items:
-        if not isinstance(task, str) or not isinstance(p, (str, os.PathLike)):
+        if (task is not None and not isinstance(task, str)) or not isinstance(p, (str, os.PathLike)):
             raise TypeError("adapters must be a {task: path} mapping or a list of paths")
-        if task and task not in _core.TASKS:
+        if task is not None and task not in _core.TASKS:
             raise ValueError(f"adapter task must be one of {', '.join(map(repr, _core.TASKS))} (got {task!r})")
         out.append((task, os.fspath(p)))
     return out
@@ -147,7 +147,11 @@ class Model(EncodeQueryDocument):
             projector = os.fspath(projector)
         if os.path.isdir(path):
             # a folder `jv4 convert` wrote: its manifest names the files
-            from .checkpoint import read_manifest
+            from .checkpoint import MANIFEST, read_manifest
+
+            if not os.path.isfile(os.path.join(path, MANIFEST)):
+                raise _core.ModelLoadError(f"{path}: is a directory, not a GGUF file nor a folder written by "
+                                           f"`jv4 convert` (it has no {MANIFEST})")
 
             files = read_manifest(path)
             path = files.get("base") or files["merged"]
