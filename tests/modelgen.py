@@ -167,7 +167,7 @@ def write_gguf(path: Path, weights: dict[str, np.ndarray], shape: Shape, vocab: 
                arch: str = "qwen2", name: str = "jina-embeddings-v4-text-retrieval",
                dtype: str = "F32", pooling: int | None = None, pre: str = "qwen2") -> Path:
     """Write the weights as a GGUF of `arch` ("qwen2" or "qwen2vl").
-    dtype "F32" or "F16" for the matrices (norms and biases stay F32);
+    dtype "F32", "F16" or "BF16" for the matrices (norms and biases stay F32);
     pooling: an `<arch>.pooling_type` to record (1 mean, 2 cls, 3 last);
     pre: the tokenizer's pre-tokenizer name (llama.cpp's `tokenizer.ggml.pre`)."""
     import gguf
@@ -183,7 +183,7 @@ def write_gguf(path: Path, weights: dict[str, np.ndarray], shape: Shape, vocab: 
     w.add_head_count_kv(shape.kv_heads)
     w.add_rope_freq_base(shape.rope_theta)
     w.add_layer_norm_rms_eps(shape.eps)
-    w.add_file_type(0 if dtype == "F32" else 1)
+    w.add_file_type({"F32": 0, "F16": 1, "BF16": 32}[dtype])
     if pooling is not None:
         w.add_pooling_type(gguf.PoolingType(pooling))
     if arch == "qwen2vl":
@@ -204,6 +204,10 @@ def write_gguf(path: Path, weights: dict[str, np.ndarray], shape: Shape, vocab: 
 
     def put(gname, arr):
         # matrices in the file's type, norms and biases always float32
+        if dtype == "BF16" and arr.ndim == 2:  # gguf's rounding: to nearest even, as ggml's
+            w.add_tensor(gname, gguf.quants.quantize(arr.astype(np.float32), gguf.GGMLQuantizationType.BF16),
+                         raw_dtype=gguf.GGMLQuantizationType.BF16)
+            return
         want = np.float16 if dtype == "F16" and arr.ndim == 2 else np.float32
         w.add_tensor(gname, arr.astype(want, copy=False))
 

@@ -210,6 +210,72 @@ _LOADER_CHECKS = (
                    "void llama_model_qwen2vl::load_arch_hparams(llama_model_loader & ml) {\n", _CHECKS_THROW),
 )
 
+# F16 weights as BF16. On x86 with AVX512-BF16, llama.cpp's F16 matmul
+# converts F16 to fp32 inside its inner loop and ran at 0.57 x the BF16 rate
+# (v4 shape, docs/benchmarks.md); a BF16 copy of the same weights runs the
+# BF16 kernels. While jv4 sets the thread-local switch around a model load
+# that reads the file (not one that maps it: mapped pages are the file's
+# bytes), 2-D F16 weights are created as BF16 tensors (same size and strides)
+# and converted in place as they are read, rounding to nearest even - the
+# values transformers' bf16 reference computes with. Lazily read tensors,
+# and tensors a GPU receives through pinned-memory uploads, keep F16.
+# tests/test_f16.py checks the result bit for bit against a BF16 file of the
+# same rounded values.
+_LOADER = "src/llama-model-loader.cpp"
+_F16_AS_BF16 = (
+    ("include/llama.h",
+     '    // Load a model from a file\n'
+     '    // If the file is split into multiple parts, the file name must follow this pattern: <name>-%05d-of-%05d.gguf\n',
+     '    // jv4 patch: while set on the calling thread, a model load that reads (does\n'
+     '    // not map) its file keeps 2-D F16 weights as BF16, converted while read\n'
+     '    LLAMA_API void llama_jv4_set_f16_as_bf16(bool on);\n'
+     '\n'
+     '    // Load a model from a file\n'
+     '    // If the file is split into multiple parts, the file name must follow this pattern: <name>-%05d-of-%05d.gguf\n'),
+    _insert_before(_LOADER, "static const size_t kiB = 1024;\n", (
+        '// jv4 patch: F16 weights held as BF16 (see llama_jv4_set_f16_as_bf16)\n'
+        'static thread_local bool jv4_f16_as_bf16 = false;\n'
+        'void llama_jv4_set_f16_as_bf16(bool on) { jv4_f16_as_bf16 = on; }\n'
+        '// in place: n F16 values become n BF16 values (both 2 bytes)\n'
+        'static void jv4_f16_to_bf16_in_place(void * data, int64_t n) {\n'
+        '    float tmp[4096];\n'
+        '    for (int64_t i = 0; i < n; i += 4096) {\n'
+        '        const int64_t m = n - i < 4096 ? n - i : 4096;\n'
+        '        ggml_fp16_to_fp32_row((const ggml_fp16_t *) data + i, tmp, m);\n'
+        '        ggml_fp32_to_bf16_row_ref(tmp, (ggml_bf16_t *) data + i, m);\n'
+        '    }\n'
+        '}\n'
+        '\n'
+    )),
+    (_LOADER,
+     '    ggml_tensor t_meta = *cur;\n'
+     '    if (flags & TENSOR_ALLOW_RESHAPE) {\n',
+     '    ggml_tensor t_meta = *cur;\n'
+     '    if (jv4_f16_as_bf16 && !use_mmap && !is_lazy && t_meta.type == GGML_TYPE_F16 && ggml_n_dims(&t_meta) >= 2) {\n'
+     '        t_meta.type = GGML_TYPE_BF16;  // jv4 patch: same size and strides, converted while read\n'
+     '    }\n'
+     '    if (flags & TENSOR_ALLOW_RESHAPE) {\n'),
+    (_LOADER,
+     '            if (ggml_backend_buffer_is_host(cur->buffer)) {\n'
+     '                file->seek(weight->offs, SEEK_SET);\n'
+     '                file->read_raw(cur->data, n_size);\n',
+     '            // jv4 patch: an F16 weight created as BF16 is converted as it is read\n'
+     '            const bool jv4_convert = cur->type == GGML_TYPE_BF16 && weight->tensor->type == GGML_TYPE_F16;\n'
+     '            if (jv4_convert && !ggml_backend_buffer_is_host(cur->buffer) && upload_backend) {\n'
+     '                throw std::runtime_error(format("%s: F16 as BF16 is not supported for pinned uploads", ggml_get_name(cur)));\n'
+     '            }\n'
+     '            if (ggml_backend_buffer_is_host(cur->buffer)) {\n'
+     '                file->seek(weight->offs, SEEK_SET);\n'
+     '                file->read_raw(cur->data, n_size);\n'
+     '                if (jv4_convert) jv4_f16_to_bf16_in_place(cur->data, ggml_nelements(cur));\n'),
+    (_LOADER,
+     '                    file->read_raw(read_buf.data(), n_size);\n'
+     '                    ggml_backend_tensor_set(cur, read_buf.data(), 0, n_size);\n',
+     '                    file->read_raw(read_buf.data(), n_size);\n'
+     '                    if (jv4_convert) jv4_f16_to_bf16_in_place(read_buf.data(), ggml_nelements(cur));  // jv4 patch\n'
+     '                    ggml_backend_tensor_set(cur, read_buf.data(), 0, n_size);\n'),
+)
+
 PATCHES = (
     # In embeddings mode llama.cpp still multiplies every output token by the
     # lm_head (vocab 151936 x hidden) and keeps a logits buffer of
@@ -219,7 +285,7 @@ PATCHES = (
     ("src/llama-context.cpp",
      "    bool has_logits     = true;\n",
      "    bool has_logits     = !cparams.embeddings;  // jv4 patch: no logits buffer for embedders\n"),
-) + _KERNEL_PATCHES + _LOADER_CHECKS
+) + _KERNEL_PATCHES + _LOADER_CHECKS + _F16_AS_BF16
 
 
 class FetchError(RuntimeError):

@@ -33,18 +33,20 @@ void register_info(py::module_& m) {
   });
 
   m.def("quantize_types", [] { return jv4::quantize_types(); });
+  m.def("imatrix_types", [] { return jv4::imatrix_types(); });
 
   m.def(
       "quantize",
       [](const std::string& src, const std::string& dst, const std::string& type,
-         std::optional<int> n_threads) {
+         std::optional<int> n_threads, std::optional<std::string> imatrix) {
         if (n_threads && *n_threads < 1) {
           throw std::invalid_argument("n_threads must be >= 1 (or None), got " + std::to_string(*n_threads));
         }
         std::atomic<bool> cancel{false};  // llama's quantizer cannot be stopped midway
-        run_blocking([&] { jv4::quantize(src, dst, type, n_threads.value_or(0)); }, cancel);
+        run_blocking([&] { jv4::quantize(src, dst, type, n_threads.value_or(0), imatrix); }, cancel);
       },
-      py::arg("src"), py::arg("dst"), py::arg("type"), py::arg("n_threads") = py::none());
+      py::arg("src"), py::arg("dst"), py::arg("type"), py::arg("n_threads") = py::none(),
+      py::arg("imatrix") = py::none());
 }
 
 }  // namespace jv4py

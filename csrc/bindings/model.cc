@@ -100,9 +100,9 @@ void register_model(py::module_& m) {
                        std::optional<bool> repack, std::optional<int> n_gpu_layers,
                        std::optional<int> main_gpu,
                        std::vector<std::pair<std::optional<std::string>, std::string>> adapters,
-                       std::optional<std::string> projector) {
+                       std::optional<std::string> projector, std::optional<bool> f16_as_bf16) {
              jv4::ModelOptions opts{n_threads, max_length, batch_tokens, repack, n_gpu_layers, main_gpu,
-                                    std::move(adapters), std::move(projector)};
+                                    std::move(adapters), std::move(projector), f16_as_bf16};
              auto self = std::make_unique<M>();
              std::atomic<bool> cancel{false};
              run_blocking([&] { self->model = std::make_unique<jv4::Model>(path, opts); }, cancel,
@@ -113,7 +113,7 @@ void register_model(py::module_& m) {
            py::arg("batch_tokens") = py::none(), py::arg("repack") = py::none(),
            py::arg("n_gpu_layers") = py::none(), py::arg("main_gpu") = py::none(),
            py::arg("adapters") = std::vector<std::pair<std::optional<std::string>, std::string>>(),
-           py::arg("projector") = py::none())
+           py::arg("projector") = py::none(), py::arg("f16_as_bf16") = py::none())
       .def_property_readonly("n_embd", [](const M& s) { return s.model->n_embd(); })
       .def_property_readonly("task", [](const M& s) -> py::object {
         if (s.model->task().empty()) return py::none();
@@ -182,6 +182,32 @@ void register_model(py::module_& m) {
            py::arg("texts"), py::arg("task") = py::none(), py::arg("role") = "query",
            py::arg("dim") = py::none(), py::arg("truncate") = true,
            py::arg("progress") = py::none())
+      .def("imatrix",
+           [](M& s, py::handle texts, const std::string& path, std::optional<std::string> task,
+              const std::string& role, std::vector<std::string> datasets, std::optional<py::function> progress) {
+             jv4::Request req = s.model->resolve(task, role, std::nullopt, true);
+             Texts items = collect_texts(texts);
+             if (items.views.empty()) throw std::invalid_argument("imatrix needs at least one calibration text");
+             jv4::ImatrixStats stats;
+             std::atomic<bool> cancel{false};
+             jv4::Progress counters;
+             jv4::Progress* counted = progress ? &counters : nullptr;
+             jv4::Model* model = s.model.get();
+             run_blocking(
+                 [&] {
+                   model->imatrix(items.views, req, stats, &cancel, counted);
+                   const uint32_t n = static_cast<uint32_t>(items.views.size());
+                   jv4::save_imatrix(path, stats, datasets, n, static_cast<uint32_t>(model->batch_tokens()));
+                 },
+                 cancel, s.worker.get(), progress_tick(progress, counters));
+             py::dict out;  // weight -> tokens seen
+             for (const auto& [name, e] : stats) out[py::str(name)] = e.count;
+             return out;
+           },
+           py::arg("texts"), py::arg("path"), py::arg("task") = py::none(), py::arg("role") = "passage",
+           py::arg("datasets") = std::vector<std::string>(), py::arg("progress") = py::none(),
+           "llama.cpp's importance matrix of the texts (embed's forward pass), written to path; returns "
+           "{weight: tokens seen}")
       .def("embed_multivector",
            [](M& s, py::handle texts, std::optional<std::string> task, const std::string& role,
               std::optional<int> dim, bool truncate, std::optional<py::function> progress) {

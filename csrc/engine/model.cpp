@@ -27,6 +27,7 @@
 #include "engine/truncation.hpp"
 #include "unicode.h"
 #include "ggml-backend.h"
+#include "ggml-cpu.h"
 #include "gguf.h"
 #include "llama.h"
 
@@ -68,6 +69,36 @@ struct BatchHolder {
   ~BatchHolder() { llama_batch_free(b); }
 };
 
+// Importance-matrix statistics, as llama.cpp's imatrix tool gathers them:
+// for every matrix product with a model weight, the sum over tokens of each
+// input activation squared, and the number of tokens.
+bool imatrix_cb(ggml_tensor* t, bool ask, void* data) {
+  if (t->op != GGML_OP_MUL_MAT) return ask ? false : true;
+  const ggml_tensor* w = t->src[0];
+  const ggml_tensor* x = t->src[1];
+  const char* name = w != nullptr ? ggml_get_name(w) : "";
+  const size_t len = std::strlen(name);
+  const bool weight = len > 7 && std::strcmp(name + len - 7, ".weight") == 0;
+  if (ask) return weight && x != nullptr && x->type == GGML_TYPE_F32;
+  if (!weight || x == nullptr || x->type != GGML_TYPE_F32 || !ggml_backend_buffer_is_host(x->buffer)) return true;
+  auto& stats = *static_cast<ImatrixStats*>(data);
+  auto& e = stats[name];
+  if (e.sums.empty()) e.sums.assign(static_cast<size_t>(x->ne[0]), 0.0);
+  if (e.sums.size() != static_cast<size_t>(x->ne[0])) return true;  // a differently shaped use: not counted
+  for (int64_t i3 = 0; i3 < x->ne[3]; ++i3) {
+    for (int64_t i2 = 0; i2 < x->ne[2]; ++i2) {
+      for (int64_t r = 0; r < x->ne[1]; ++r) {
+        const auto* row = reinterpret_cast<const float*>(static_cast<const char*>(x->data) + r * x->nb[1] +
+                                                         i2 * x->nb[2] + i3 * x->nb[3]);
+        for (int64_t j = 0; j < x->ne[0]; ++j) e.sums[static_cast<size_t>(j)] += static_cast<double>(row[j]) * row[j];
+        e.count += 1;
+      }
+    }
+  }
+  return true;
+}
+
+
 }  // namespace
 
 // The file is checked before llama.cpp sees it, so that common mistakes get a
@@ -89,6 +120,7 @@ namespace {
 struct WeightTypes {
   bool repackable = false;         // some tensor has a CPU repacked layout (x86: Q4_0, IQ4_NL, Q4_K, Q2_K)
   bool repack_is_slower = false;   // ...and it is one measured slower repacked
+  bool f16_matrix = false;         // some 2-D tensor is F16
 };
 
 // Tensor types from the GGUF header alone (no data read). Measured on an
@@ -105,6 +137,7 @@ WeightTypes scan_weight_types(const std::string& path) {
   gguf_context* g = gguf_init_from_file(path.c_str(), gp);
   if (g == nullptr) return wt;  // the loader below reports what is wrong
   for (int64_t i = 0; i < gguf_get_n_tensors(g); ++i) {
+    if (gguf_get_tensor_type(g, i) == GGML_TYPE_F16) wt.f16_matrix = true;  // (the loader checks shapes)
     switch (gguf_get_tensor_type(g, i)) {
       case GGML_TYPE_Q4_K:
       case GGML_TYPE_Q2_K:
@@ -173,7 +206,23 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
     // Q4_K_M peaked at file + 1.4 GiB instead of file + 0.2. Read instead.
     mp.load_mode = LLAMA_LOAD_MODE_NONE;
   }
+  // F16 matrices as BF16 (fetch-time patch "F16 weights as BF16"): where the
+  // CPU code has AVX512-BF16 the BF16 kernels ran the v4 shape 1.75 x faster
+  // than F16's (docs/benchmarks.md). Only for CPU-held weights; the file is
+  // then read, not mapped (a converted tensor is a copy).
+  bool gpu = false;
+  for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+    auto type = ggml_backend_dev_type(ggml_backend_dev_get(i));
+    if (type == GGML_BACKEND_DEVICE_TYPE_GPU || type == GGML_BACKEND_DEVICE_TYPE_IGPU) gpu = true;
+  }
+  const bool cpu_only = !gpu || mp.n_gpu_layers == 0;
+  f16_as_bf16_ = wt.f16_matrix && opts.f16_as_bf16.value_or(ggml_cpu_has_avx512_bf16() != 0 && cpu_only);
+  if (f16_as_bf16_) mp.load_mode = LLAMA_LOAD_MODE_NONE;
   load_mode_ = mp.load_mode == LLAMA_LOAD_MODE_MMAP ? "mmap" : "read";
+  struct F16Switch {  // thread-local in the loader: set for this load only
+    explicit F16Switch(bool on) { llama_jv4_set_f16_as_bf16(on); }
+    ~F16Switch() { llama_jv4_set_f16_as_bf16(false); }
+  } f16_switch(f16_as_bf16_);
   model_ = llama_model_load_from_file(path.c_str(), mp);
   if (model_ == nullptr) {
     std::string why = take_thread_errors();
@@ -268,6 +317,7 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
         {"size_bytes", std::to_string(llama_model_size(model_))},
         {"causal", causal_ ? "1" : "0"},
         {"repack", repack_ ? "1" : "0"},
+        {"f16_as_bf16", f16_as_bf16_ ? "1" : "0"},
         {"load_mode", load_mode_},
         {"file_type", llama_ftype_name(llama_model_ftype(model_))},
         {"n_gpu_layers", std::to_string(mp.n_gpu_layers)},
@@ -317,6 +367,10 @@ void Model::ensure_context(int n_ctx_needed) {
   cp.no_perf = true;
   cp.abort_callback = abort_cb;
   cp.abort_callback_data = &cancel_;
+  if (eval_data_ != nullptr) {  // imatrix(): observe the weight products
+    cp.cb_eval = imatrix_cb;
+    cp.cb_eval_user_data = eval_data_;
+  }
   take_thread_errors();
   ctx_ = llama_init_from_model(model_, cp);
   if (ctx_ == nullptr) {
@@ -586,24 +640,10 @@ std::vector<int32_t> Model::tokenize_head(std::string_view text, const std::stri
   return keep(tokenize(text, prefix));
 }
 
-void Model::embed(const std::vector<std::string_view>& texts, const Request& req, float* out,
-                  const std::atomic<bool>* cancel, Progress* progress, MultiOutput* multi) {
-  const size_t n = texts.size();
-  const int dim = req.dim;
-  const Projector* proj = nullptr;
-  if (req.multivector) {
-    if (multi == nullptr) throw std::invalid_argument("embed: multi-vector output needs a MultiOutput");
-    proj = &projectors_.at(req.task);
-    multi->width = proj->n_out;
-    multi->data.clear();
-    multi->offsets.assign(n + 1, 0);
-  }
-  if (n == 0) return;
-
-  // 1. tokenize (outside the lock: the vocabulary is read-only)
-  std::vector<std::vector<int32_t>> toks(n);
-  std::vector<size_t> lens(n);
-  for (size_t i = 0; i < n; ++i) {
+std::vector<std::vector<int32_t>> Model::tokenize_all(const std::vector<std::string_view>& texts,
+                                                      const Request& req, const std::atomic<bool>* cancel) const {
+  std::vector<std::vector<int32_t>> toks(texts.size());
+  for (size_t i = 0; i < texts.size(); ++i) {
     if (cancel && cancel->load()) throw Cancelled();
     // truncating: only the kept head is tokenized; not truncating: the
     // whole text, so that the error can say how long it is
@@ -618,8 +658,58 @@ void Model::embed(const std::vector<std::string_view>& texts, const Request& req
       }
       toks[i].resize(static_cast<size_t>(max_length_));
     }
-    lens[i] = toks[i].size();
   }
+  return toks;
+}
+
+void Model::embed(const std::vector<std::string_view>& texts, const Request& req, float* out,
+                  const std::atomic<bool>* cancel, Progress* progress, MultiOutput* multi) {
+  if (req.multivector) {
+    if (multi == nullptr) throw std::invalid_argument("embed: multi-vector output needs a MultiOutput");
+    multi->width = projectors_.at(req.task).n_out;
+    multi->data.clear();
+    multi->offsets.assign(texts.size() + 1, 0);
+  }
+  if (texts.empty()) return;
+  // 1. tokenize (outside the lock: the vocabulary is read-only)
+  const std::vector<std::vector<int32_t>> toks = tokenize_all(texts, req, cancel);
+  std::lock_guard<std::mutex> lock(mu_);
+  decode_all(toks, req, out, cancel, progress, multi);
+}
+
+void Model::imatrix(const std::vector<std::string_view>& texts, const Request& req, ImatrixStats& stats,
+                    const std::atomic<bool>* cancel, Progress* progress) {
+  if (texts.empty()) return;
+  const std::vector<std::vector<int32_t>> toks = tokenize_all(texts, req, cancel);
+  std::vector<float> out(texts.size() * static_cast<size_t>(req.dim));
+  std::lock_guard<std::mutex> lock(mu_);
+  // a context whose every weight product is observed (llama.cpp splits the
+  // graph at each: slow, for calibration only); the usual one afterwards
+  struct Observe {
+    Model& m;
+    Observe(Model& model, ImatrixStats* s) : m(model) {
+      m.free_context();
+      m.eval_data_ = s;
+    }
+    ~Observe() {
+      m.free_context();
+      m.eval_data_ = nullptr;
+      try {
+        m.ensure_context(m.batch_tokens_);
+      } catch (...) {  // the next call creates it again
+      }
+    }
+  } observe(*this, &stats);
+  decode_all(toks, req, out.data(), cancel, progress, nullptr);
+}
+
+void Model::decode_all(const std::vector<std::vector<int32_t>>& toks, const Request& req, float* out,
+                       const std::atomic<bool>* cancel, Progress* progress, MultiOutput* multi) {
+  const size_t n = toks.size();
+  const int dim = req.dim;
+  const Projector* proj = req.multivector ? &projectors_.at(req.task) : nullptr;
+  std::vector<size_t> lens(n);
+  for (size_t i = 0; i < n; ++i) lens[i] = toks[i].size();
   uint64_t total = 0;
   for (size_t l : lens) total += l;
   if (progress != nullptr) progress->tokens_total.store(total, std::memory_order_relaxed);
@@ -636,7 +726,6 @@ void Model::embed(const std::vector<std::string_view>& texts, const Request& req
   // 2. which tokens go into which decode
   const Plan plan = plan_decodes(lens, batch_tokens_, n_seq_max_);
 
-  std::lock_guard<std::mutex> lock(mu_);
   struct CancelScope {
     std::atomic<const std::atomic<bool>*>& slot;
     CancelScope(std::atomic<const std::atomic<bool>*>& s, const std::atomic<bool>* c) : slot(s) { slot = c; }

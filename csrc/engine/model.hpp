@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "engine/imatrix.hpp"
 #include "engine/output.hpp"
 
 struct llama_model;
@@ -33,6 +34,9 @@ struct ModelOptions {
   // GGUF); no task: the one the file names (a given task must agree with it)
   std::vector<std::pair<std::optional<std::string>, std::string>> adapters;
   std::optional<std::string> projector;  // multi-vector projector GGUF
+  // hold F16 matrices as BF16 (converted once while the file is read);
+  // none: on where ggml's CPU code has AVX512-BF16 and nothing goes to a GPU
+  std::optional<bool> f16_as_bf16;
 };
 
 // Counters that embed() advances as its decodes finish. Written by the
@@ -111,9 +115,22 @@ class Model {
   void embed(const std::vector<std::string_view>& texts, const Request& req, float* out,
              const std::atomic<bool>* cancel, Progress* progress = nullptr, MultiOutput* multi = nullptr);
 
+  // Runs embed()'s forward pass over texts and adds llama.cpp's importance-
+  // matrix statistics of every weight product to `stats` (calibration for
+  // quantize(..., imatrix)). Slower than embed: the graph is split at each
+  // observed product.
+  void imatrix(const std::vector<std::string_view>& texts, const Request& req, ImatrixStats& stats,
+               const std::atomic<bool>* cancel, Progress* progress = nullptr);
+
  private:
   void ensure_context(int n_ctx_needed);
   void free_context();
+  std::vector<std::vector<int32_t>> tokenize_all(const std::vector<std::string_view>& texts, const Request& req,
+                                                 const std::atomic<bool>* cancel) const;
+  // the decodes of tokenized texts, outputs to `out` (and `multi`); mu_ held
+  void decode_all(const std::vector<std::vector<int32_t>>& toks, const Request& req, float* out,
+                  const std::atomic<bool>* cancel, Progress* progress, MultiOutput* multi);
+  ImatrixStats* eval_data_ = nullptr;  // set while imatrix() runs: contexts observe weight products
 
   std::string path_;
   llama_model* model_ = nullptr;
@@ -125,6 +142,7 @@ class Model {
   int max_length_ = 0;
   int batch_tokens_ = 0;
   bool repack_ = false;
+  bool f16_as_bf16_ = false;
   std::string load_mode_;
   int n_seq_max_ = 0;
   int n_threads_ = 0;

@@ -47,6 +47,8 @@ __all__ = [
     "build_info",
     "quantize",
     "QUANT_TYPES",
+    "IMATRIX_TYPES",
+    "imatrix",
     "convert",
     "MultiVectors",
     "maxsim",
@@ -58,6 +60,8 @@ TASKS: tuple = _core.TASKS
 ROLES: tuple = _core.ROLES
 MATRYOSHKA_DIMS: tuple = _core.MATRYOSHKA_DIMS
 QUANT_TYPES: tuple = tuple(_core.quantize_types())
+# the types llama.cpp quantizes only with an importance matrix
+IMATRIX_TYPES: tuple = tuple(_core.imatrix_types())
 
 
 def build_info() -> dict:
@@ -86,10 +90,24 @@ def convert(checkpoint: Union[str, os.PathLike], out_dir: Union[str, os.PathLike
 
 
 def quantize(src: Union[str, os.PathLike], dst: Union[str, os.PathLike], type: str,
-             *, n_threads: Optional[int] = None) -> None:
+             *, n_threads: Optional[int] = None, imatrix: Union[str, os.PathLike, None] = None) -> None:
     """Write ``dst``: the GGUF ``src`` with its weights quantized to ``type``
-    (one of ``QUANT_TYPES``, e.g. ``"Q8_0"``, ``"Q4_K_M"``) by llama.cpp's
-    own quantizer."""
+    (one of ``QUANT_TYPES``, e.g. ``"Q8_0"``, ``"Q4_K_M"``, ``"IQ2_XXS"``) by
+    llama.cpp's own quantizer. ``imatrix``: an importance matrix file
+    (``jv4.imatrix``, or llama.cpp's GGUF imatrix) weighting the rounding;
+    the types in ``IMATRIX_TYPES`` refuse to run without one."""
     if not isinstance(type, str):
         raise TypeError(f"type must be a str, one of {', '.join(QUANT_TYPES)}")
-    _core.quantize(os.fspath(src), os.fspath(dst), type, opt_int("n_threads", n_threads))
+    if imatrix is not None and not isinstance(imatrix, (str, os.PathLike)):
+        raise TypeError(f"imatrix must be a path or None, got {imatrix.__class__.__name__}")
+    _core.quantize(os.fspath(src), os.fspath(dst), type, opt_int("n_threads", n_threads),
+                   None if imatrix is None else os.fspath(imatrix))
+
+
+def imatrix(model: Union["Model", str, os.PathLike], texts, path: Union[str, os.PathLike], *,
+            task: Optional[str] = None, role: str = "passage", show_progress: bool = False) -> dict:
+    """llama.cpp's importance matrix of ``model`` (a ``jv4.Model`` or what
+    ``jv4.Model`` takes) over calibration ``texts``, written to ``path``;
+    see ``Model.imatrix``. Use it with ``quantize(..., imatrix=path)``."""
+    m = model if isinstance(model, Model) else Model(model)
+    return m.imatrix(texts, path, task, role, show_progress=show_progress)

@@ -20,7 +20,7 @@ ProgressFn = Callable[[int, int, int], None]
 ModelSpec = Union[str, os.PathLike]
 
 _INT_INFO = {"n_embd", "n_layer", "n_head", "n_vocab", "n_ctx_train", "n_params", "size_bytes", "n_gpu_layers"}
-_BOOL_INFO = {"jina_v4", "causal", "repack", "base"}
+_BOOL_INFO = {"jina_v4", "causal", "repack", "base", "f16_as_bf16"}
 
 
 def opt_int(name: str, value: Any, minimum: int = 1) -> Optional[int]:
@@ -119,6 +119,11 @@ class Model(EncodeQueryDocument):
         ``model``, loads its base, adapters and projector by itself.
     projector: the multi-vector projector file (``*-projector.gguf``) for
         ``embed_multivector``; also works with a merged single-task model.
+    f16_as_bf16: hold an F16 file's matrices as BF16, converted once while
+        the file is read (then not memory-mapped). Default None: on where
+        the build's CPU code has AVX512-BF16 and no layer goes to a GPU (there
+        the BF16 kernels are the fast ones; the reference computes in bf16);
+        ``False`` keeps F16. ``info["f16_as_bf16"]`` says what was chosen.
 
     Calls are thread-safe (one forward pass at a time per Model) and run
     without the GIL. A bad file raises FileNotFoundError or ModelLoadError;
@@ -131,9 +136,10 @@ class Model(EncodeQueryDocument):
                  repack: Optional[bool] = None, n_gpu_layers: Optional[int] = None,
                  main_gpu: Optional[int] = None,
                  adapters: Union[Mapping[str, ModelSpec], Sequence[ModelSpec], None] = None,
-                 projector: Optional[ModelSpec] = None) -> None:
-        if repack is not None and not isinstance(repack, (bool, np.bool_)):
-            raise TypeError(f"repack must be True, False or None, got {type(repack).__name__}")
+                 projector: Optional[ModelSpec] = None, f16_as_bf16: Optional[bool] = None) -> None:
+        for name, flag in (("repack", repack), ("f16_as_bf16", f16_as_bf16)):
+            if flag is not None and not isinstance(flag, (bool, np.bool_)):
+                raise TypeError(f"{name} must be True, False or None, got {type(flag).__name__}")
         n_threads = opt_int("n_threads", n_threads)
         max_length = opt_int("max_length", max_length)
         batch_tokens = opt_int("batch_tokens", batch_tokens)
@@ -161,7 +167,7 @@ class Model(EncodeQueryDocument):
                 projector = files.get("projector")
         self._core: Optional[_core.Model] = _core.Model(
             path, n_threads, max_length, batch_tokens, None if repack is None else bool(repack),
-            n_gpu_layers, main_gpu, pairs, projector)
+            n_gpu_layers, main_gpu, pairs, projector, None if f16_as_bf16 is None else bool(f16_as_bf16))
         # the Unicode normal form the model's reference tokenizer applies first
         # ("NFC" for the Qwen2 vocabulary; None: text goes in as it is)
         self._normal_form: Optional[str] = self._core.normalization
@@ -313,6 +319,21 @@ class Model(EncodeQueryDocument):
         the end."""
         return self._m.embed(self._normalize(texts), _task_arg(task), _role_arg(role), opt_int("dim", dim),
                              bool(truncate), progress)
+
+    def imatrix(self, texts: Sequence[str], path: Union[str, os.PathLike], task: Optional[str] = None,
+                role: str = "passage", *, show_progress: bool = False) -> dict:
+        """Compute llama.cpp's importance matrix over calibration ``texts``
+        (run through ``embed``'s own forward pass, task/role prefix included)
+        and write it to ``path`` in llama.cpp's GGUF imatrix format, for
+        ``jv4.quantize(..., imatrix=path)`` (or llama.cpp's llama-quantize).
+        Slower than ``embed``: the forward pass stops at every weight product
+        to read its input. Returns ``{weight name: tokens seen}``."""
+        if isinstance(texts, str):
+            raise TypeError("texts must be a list of calibration texts, not one str")
+        items = list(texts)
+        with embed_bar(len(items), enabled=bool(show_progress)) as hook:
+            return self._m.imatrix(self._normalize(items), os.fspath(path), _task_arg(task), _role_arg(role),
+                                   [f"jv4: {len(items)} texts"], hook)
 
     def embed_multivector(self, texts: Union[str, Sequence[str]], task: Optional[str] = None,
                           role: str = "query", dim: Optional[int] = None, *, truncate: bool = True,

@@ -4,7 +4,8 @@
     jv4 embed -i passages.txt -o passages.npy --role passage --dim 512
     jv4 embed -i docs.jsonl --field body -o docs.jsonl.out.jsonl --task code
     jv4 info [MODEL]
-    jv4 quantize SRC.gguf DST.gguf Q4_K_M
+    jv4 quantize SRC.gguf DST.gguf Q4_K_M [--imatrix FILE]
+    jv4 imatrix MODEL -i calibration.txt -o imatrix.gguf
     jv4 convert CHECKPOINT_DIR OUT_DIR [--outtype f16] [--merge TASK]
 
 Without -m, `embed` uses the official GGUF of --task (default retrieval) at
@@ -325,7 +326,32 @@ def cmd_info(a: argparse.Namespace) -> int:
 def cmd_quantize(a: argparse.Namespace) -> int:
     from ._model import local_path
 
-    jv4.quantize(local_path(a.src), a.dst, a.type, n_threads=a.threads)
+    jv4.quantize(local_path(a.src), a.dst, a.type, n_threads=a.threads, imatrix=a.imatrix)
+    return 0
+
+
+def cmd_imatrix(a: argparse.Namespace) -> int:
+    if a.input == "-":
+        raw = sys.stdin.buffer.read()
+        where = "stdin"
+    else:
+        try:
+            raw = Path(a.input).read_bytes()
+        except OSError as err:
+            raise UsageError(f"cannot read {a.input}: {err.strerror or err}") from None
+        where = a.input
+    texts = []
+    for n, line in enumerate(raw.split(b"\n"), 1):
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if line.strip():
+            texts.append(_decode(line, where, n))
+    if not texts:
+        raise UsageError(f"{where} holds no calibration text (one text a line)")
+    model = jv4.Model(a.model, n_threads=a.threads)
+    seen = model.imatrix(texts, a.output, a.task, a.role, show_progress=a.progress)
+    if not a.quiet:
+        print(f"wrote {a.output}: {len(seen)} weights, {len(texts)} texts", file=sys.stderr)
     return 0
 
 
@@ -352,7 +378,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="jv4", description="Embeddings from jina-embeddings-v4 GGUF models, in process.")
     ap.add_argument("--version", action="version", version=f"jv4 {jv4.__version__}")
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{embed,info,quantize,convert}")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{embed,info,quantize,imatrix,convert}")
 
     e = sub.add_parser("embed", help="embed texts into vectors",
                        description="Embed texts (arguments, a text file with one text a line, or "
@@ -392,6 +418,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("dst")
     q.add_argument("type", choices=jv4.QUANT_TYPES, metavar="TYPE", help=", ".join(jv4.QUANT_TYPES))
     q.add_argument("--threads", type=int)
+    q.add_argument("--imatrix", metavar="FILE",
+                   help="an importance matrix (jv4 imatrix, or llama.cpp's GGUF imatrix); needed by "
+                        + ", ".join(jv4.IMATRIX_TYPES))
+
+    im = sub.add_parser("imatrix", help="compute an importance matrix for quantize --imatrix",
+                        description="Run calibration texts (one a line) through the model's forward pass and "
+                                    "write llama.cpp's importance matrix (GGUF) for jv4 quantize --imatrix.")
+    im.add_argument("model", metavar="MODEL", help="a GGUF path, a converted folder or repo[:QUANT] (F16/F32 "
+                                                   "is best: the matrix weighs the unquantized model)")
+    im.add_argument("-i", "--input", required=True, metavar="FILE", help="calibration texts, one a line; - for stdin")
+    im.add_argument("-o", "--output", required=True, metavar="OUT.gguf")
+    im.add_argument("--task", choices=jv4.TASKS, help="jina-v4 task (default: the file's own)")
+    im.add_argument("--role", choices=jv4.ROLES, default="passage", help="prefix role (default passage)")
+    im.add_argument("--threads", type=int)
+    im.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="progress bar on stderr (default: when stderr is a terminal)")
+    im.add_argument("-q", "--quiet", action="store_true")
 
     c = sub.add_parser("convert", help="convert the jina-embeddings-v4 checkpoint (base + task adapters)",
                        description="Convert a jina-embeddings-v4 Hugging Face checkpoint folder into GGUF "
@@ -422,6 +465,9 @@ def main(argv: Optional[list] = None) -> int:
             return cmd_embed(a)
         if a.cmd == "info":
             return cmd_info(a)
+        if a.cmd == "imatrix":
+            a.progress = (not a.quiet and sys.stderr.isatty()) if a.progress is None else a.progress and not a.quiet
+            return cmd_imatrix(a)
         if a.cmd == "convert":
             if a.progress is None:
                 a.progress = not a.quiet and sys.stderr.isatty()

@@ -1,0 +1,119 @@
+#include "engine/imatrix.hpp"
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <stdexcept>
+
+#include "engine/errors.hpp"
+#include "ggml.h"
+#include "gguf.h"
+
+namespace jv4 {
+
+void save_imatrix(const std::string& path, const ImatrixStats& stats, const std::vector<std::string>& datasets,
+                  uint32_t chunk_count, uint32_t chunk_size) {
+  size_t floats = 0;
+  for (const auto& [name, e] : stats) floats += e.sums.size() + 1;
+  ggml_init_params ip{/*mem_size=*/floats * sizeof(float) + 2 * stats.size() * ggml_tensor_overhead() + 1024,
+                      /*mem_buffer=*/nullptr, /*no_alloc=*/false};
+  ggml_context* ctx = ggml_init(ip);
+  gguf_context* g = gguf_init_empty();
+  struct Free {
+    ggml_context* c;
+    gguf_context* g;
+    ~Free() {
+      gguf_free(g);
+      ggml_free(c);
+    }
+  } guard{ctx, g};
+  gguf_set_val_str(g, "general.type", "imatrix");
+  std::vector<const char*> names;
+  for (const auto& d : datasets) names.push_back(d.c_str());
+  gguf_set_arr_str(g, "imatrix.datasets", names.data(), names.size());
+  gguf_set_val_u32(g, "imatrix.chunk_count", chunk_count);
+  gguf_set_val_u32(g, "imatrix.chunk_size", chunk_size);
+  for (const auto& [name, e] : stats) {
+    if (e.sums.empty()) continue;
+    ggml_tensor* sums = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, static_cast<int64_t>(e.sums.size()), 1);
+    ggml_tensor* counts = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, 1, 1);
+    ggml_set_name(sums, (name + ".in_sum2").c_str());
+    ggml_set_name(counts, (name + ".counts").c_str());
+    auto* s = static_cast<float*>(sums->data);
+    for (size_t j = 0; j < e.sums.size(); ++j) s[j] = static_cast<float>(e.sums[j]);
+    *static_cast<float*>(counts->data) = static_cast<float>(e.count);
+    gguf_add_tensor(g, sums);
+    gguf_add_tensor(g, counts);
+  }
+  const std::string tmp = path + ".partial";
+  if (!gguf_write_to_file(g, tmp.c_str(), /*only_meta=*/false)) {
+    std::error_code ec;
+    std::filesystem::remove(tmp, ec);
+    throw std::runtime_error("cannot write the importance matrix to " + path);
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) {
+    std::filesystem::remove(tmp, ec);
+    throw std::runtime_error("cannot write the importance matrix to " + path + ": " + ec.message());
+  }
+}
+
+std::map<std::string, std::vector<float>> load_imatrix(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) throw FileNotFound("no such importance matrix file: " + path);
+  ggml_context* data = nullptr;
+  gguf_init_params gp{/*no_alloc=*/false, /*ctx=*/&data};
+  gguf_context* g = gguf_init_from_file(path.c_str(), gp);
+  if (g == nullptr) {
+    throw ModelLoadError(path + ": not an importance matrix in llama.cpp's GGUF format (the legacy .dat "
+                         "format is not read; convert it with llama.cpp's llama-imatrix --in-file)");
+  }
+  struct Free {
+    gguf_context* g;
+    ggml_context* d;
+    ~Free() {
+      gguf_free(g);
+      if (d) ggml_free(d);
+    }
+  } guard{g, data};
+  std::map<std::string, std::pair<ggml_tensor*, ggml_tensor*>> pairs;
+  for (ggml_tensor* t = ggml_get_first_tensor(data); t != nullptr; t = ggml_get_next_tensor(data, t)) {
+    std::string name = ggml_get_name(t);
+    for (const char* suffix : {".in_sum2", ".counts"}) {
+      const size_t n = std::strlen(suffix);
+      if (name.size() > n && name.compare(name.size() - n, n, suffix) == 0) {
+        auto& p = pairs[name.substr(0, name.size() - n)];
+        (suffix[1] == 'i' ? p.first : p.second) = t;
+      }
+    }
+  }
+  if (pairs.empty()) throw ModelLoadError(path + ": holds no importance matrix entries (<name>.in_sum2 / .counts)");
+  std::map<std::string, std::vector<float>> out;
+  for (const auto& [name, p] : pairs) {
+    const ggml_tensor* sums = p.first;
+    const ggml_tensor* counts = p.second;
+    if (sums == nullptr || counts == nullptr) {
+      throw ModelLoadError(path + ": " + name + " has " + (sums ? ".in_sum2 without .counts" : ".counts without .in_sum2"));
+    }
+    if (sums->type != GGML_TYPE_F32 || counts->type != GGML_TYPE_F32 || ggml_nelements(counts) != sums->ne[1]) {
+      throw ModelLoadError(path + ": " + name + ": .in_sum2 must be F32 [n, m] and .counts F32 with m values");
+    }
+    std::vector<float>& e = out[name];
+    e.resize(static_cast<size_t>(ggml_nelements(sums)));
+    const auto* s = static_cast<const float*>(sums->data);
+    const auto* c = static_cast<const float*>(counts->data);
+    for (int64_t m = 0; m < sums->ne[1]; ++m) {
+      for (int64_t j = 0; j < sums->ne[0]; ++j) {
+        const size_t k = static_cast<size_t>(m * sums->ne[0] + j);
+        e[k] = c[m] > 0.0f ? s[k] / c[m] : 1.0f;  // a weight that saw no token: no preference
+        if (!std::isfinite(e[k]) || e[k] < 0.0f) {
+          throw ModelLoadError(path + ": " + name + " holds a negative, NaN or infinite value");
+        }
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace jv4
