@@ -151,3 +151,26 @@ def test_cli_imatrix_then_quantize(f32, tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert jv4.Model(tmp_path / "q.gguf").info["file_type"].startswith("IQ2_XXS")
+
+
+def test_imatrix_of_a_deep_model_is_written(tmp_path):
+    """280 weights (40 layers): the file's tensor context once overflowed
+    (an abort) on the v4 shape's 252; run in a child so that a regression
+    fails this test instead of ending the suite."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import jv4, modelgen as mg\n"
+        "vocab = mg.Vocab().head(1000)\n"
+        "shape = mg.Shape(hidden=256, layers=40, heads=4, kv_heads=2, ffn=512)\n"
+        "p = mg.write_gguf(sys.argv[2] + '/m.gguf', mg.random_weights(shape, vocab.size), shape, vocab)\n"
+        "print(len(jv4.imatrix(p, ['hello world', 'more text'], sys.argv[2] + '/im.gguf')))\n"
+    )
+    from pathlib import Path
+
+    r = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(tmp_path)],
+                       capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
+                                                                         "GGML_NO_BACKTRACE": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[-1] == "280"
+    import gguf
+
+    assert len(gguf.GGUFReader(str(tmp_path / "im.gguf")).tensors) == 560

@@ -13,10 +13,13 @@ namespace jv4 {
 
 void save_imatrix(const std::string& path, const ImatrixStats& stats, const std::vector<std::string>& datasets,
                   uint32_t chunk_count, uint32_t chunk_size) {
-  size_t floats = 0;
-  for (const auto& [name, e] : stats) floats += e.sums.size() + 1;
-  ggml_init_params ip{/*mem_size=*/floats * sizeof(float) + 2 * stats.size() * ggml_tensor_overhead() + 1024,
-                      /*mem_buffer=*/nullptr, /*no_alloc=*/false};
+  // every tensor: its object and header, its data padded to ggml's alignment
+  auto padded = [](size_t bytes) { return (bytes + GGML_MEM_ALIGN - 1) / GGML_MEM_ALIGN * GGML_MEM_ALIGN; };
+  size_t need = 1024;
+  for (const auto& [name, e] : stats) {
+    need += 2 * ggml_tensor_overhead() + padded(e.sums.size() * sizeof(float)) + padded(sizeof(float));
+  }
+  ggml_init_params ip{/*mem_size=*/need, /*mem_buffer=*/nullptr, /*no_alloc=*/false};
   ggml_context* ctx = ggml_init(ip);
   gguf_context* g = gguf_init_empty();
   struct Free {
