@@ -5,7 +5,6 @@ of the same weights with the task's LoRA merged by plain arithmetic."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys

@@ -6,8 +6,10 @@ the types it allows both ways come out closer to the F32 model with one."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,11 +166,8 @@ def test_imatrix_of_a_deep_model_is_written(tmp_path):
         "p = mg.write_gguf(sys.argv[2] + '/m.gguf', mg.random_weights(shape, vocab.size), shape, vocab)\n"
         "print(len(jv4.imatrix(p, ['hello world', 'more text'], sys.argv[2] + '/im.gguf')))\n"
     )
-    from pathlib import Path
-
     r = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(tmp_path)],
-                       capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
-                                                                         "GGML_NO_BACKTRACE": "1"})
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "GGML_NO_BACKTRACE": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split()[-1] == "280"
     import gguf

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import unicodedata
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import numpy as np
 
@@ -15,6 +15,9 @@ from .encode import encode as st_encode
 from .hub import HubRef, parse_model_ref, resolve
 from .precision import check_precision, quantize_embeddings
 from .progress import embed_bar
+
+if TYPE_CHECKING:
+    from .multivector import MultiVectors
 
 ProgressFn = Callable[[int, int, int], None]
 ModelSpec = Union[str, os.PathLike]
