@@ -232,7 +232,7 @@ _F16_AS_BF16 = (
      '\n'
      '    // Load a model from a file\n'
      '    // If the file is split into multiple parts, the file name must follow this pattern: <name>-%05d-of-%05d.gguf\n'),
-    _insert_before(_LOADER, "static const size_t kiB = 1024;\n", (
+    _insert_before(_LOADER, "namespace GGUFMeta {\n", (
         '// jv4 patch: F16 weights held as BF16 (see llama_jv4_set_f16_as_bf16)\n'
         '#include "ggml-cpu.h"\n'
         'static thread_local bool jv4_f16_as_bf16 = false;\n'
