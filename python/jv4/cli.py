@@ -27,7 +27,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -457,24 +457,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list] = None) -> int:
     try:
         a = build_parser().parse_args(argv)
-        if a.cmd == "embed":
-            if a.progress is None:
-                a.progress = not a.quiet and sys.stderr.isatty()
-            elif a.quiet:
-                a.progress = False
-            return cmd_embed(a)
-        if a.cmd == "info":
-            return cmd_info(a)
-        if a.cmd == "imatrix":
-            a.progress = (not a.quiet and sys.stderr.isatty()) if a.progress is None else a.progress and not a.quiet
-            return cmd_imatrix(a)
-        if a.cmd == "convert":
-            if a.progress is None:
-                a.progress = not a.quiet and sys.stderr.isatty()
-            elif a.quiet:
-                a.progress = False
-            return cmd_convert(a)
-        return cmd_quantize(a)
+        if hasattr(a, "progress"):
+            # the bar: as asked, else when stderr is a terminal; never with -q
+            a.progress = not a.quiet and (sys.stderr.isatty() if a.progress is None else a.progress)
+        commands = {"embed": cmd_embed, "info": cmd_info, "imatrix": cmd_imatrix, "convert": cmd_convert,
+                    "quantize": cmd_quantize}
+        return commands[a.cmd](a)
     except KeyboardInterrupt:
         print("jv4: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
