@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "engine/errors.hpp"
+#include "engine/gguf_file.hpp"
 #include "ggml.h"
 #include "gguf.h"
 
@@ -65,21 +66,12 @@ void save_imatrix(const std::string& path, const ImatrixStats& stats, const std:
 std::map<std::string, std::vector<float>> load_imatrix(const std::string& path) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) throw FileNotFound("no such importance matrix file: " + path);
-  ggml_context* data = nullptr;
-  gguf_init_params gp{/*no_alloc=*/false, /*ctx=*/&data};
-  gguf_context* g = gguf_init_from_file(path.c_str(), gp);
-  if (g == nullptr) {
+  const GgufFile file(path);
+  if (file.meta == nullptr) {
     throw ModelLoadError(path + ": not an importance matrix in llama.cpp's GGUF format (the legacy .dat "
                          "format is not read; convert it with llama.cpp's llama-imatrix --in-file)");
   }
-  struct Free {
-    gguf_context* g;
-    ggml_context* d;
-    ~Free() {
-      gguf_free(g);
-      if (d) ggml_free(d);
-    }
-  } guard{g, data};
+  ggml_context* data = file.data;
   std::map<std::string, std::pair<ggml_tensor*, ggml_tensor*>> pairs;
   for (ggml_tensor* t = ggml_get_first_tensor(data); t != nullptr; t = ggml_get_next_tensor(data, t)) {
     std::string name = ggml_get_name(t);

@@ -5,27 +5,17 @@
 #include <filesystem>
 
 #include "engine/errors.hpp"
+#include "engine/gguf_file.hpp"
 #include "engine/jina.hpp"
-#include "ggml.h"
-#include "gguf.h"
 
 namespace jv4 {
 
 std::map<std::string, Projector> load_projectors(const std::string& path, int n_embd) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) throw FileNotFound("no such projector file: " + path);
-  ggml_context* data = nullptr;
-  gguf_init_params gp{/*no_alloc=*/false, /*ctx=*/&data};
-  gguf_context* g = gguf_init_from_file(path.c_str(), gp);
-  if (g == nullptr) throw ModelLoadError(path + ": not a readable GGUF file (projector)");
-  struct Free {
-    gguf_context* g;
-    ggml_context* d;
-    ~Free() {
-      gguf_free(g);
-      if (d) ggml_free(d);
-    }
-  } guard{g, data};
+  const GgufFile file(path);
+  if (file.meta == nullptr) throw ModelLoadError(path + ": not a readable GGUF file (projector)");
+  ggml_context* data = file.data;
   std::map<std::string, Projector> out;
   for (const std::string& task : jina::tasks()) {
     const std::string wn = "multi_vector." + task + ".weight", bn = "multi_vector." + task + ".bias";
