@@ -89,9 +89,12 @@ def main() -> int:
     f16, npz = make_model(a.shape, "F16")
     passages = docstring_passages(a.texts + a.calibration)
     texts, calibration = passages[:a.texts], passages[a.texts:]
-    texts_file = HERE / "results" / f"formats-{a.shape}-texts.json"
-    texts_file.parent.mkdir(exist_ok=True)
+    import tempfile
+
+    scratch = tempfile.TemporaryDirectory()  # the texts, for the children
+    texts_file = Path(scratch.name) / "texts.json"
     texts_file.write_text(json.dumps(texts))
+    (HERE / "results").mkdir(exist_ok=True)
 
     def child(kind: str, model: Path) -> dict:
         out = subprocess.run([sys.executable, __file__, "--child", kind, "--model", str(model), "--texts-file",
