@@ -63,6 +63,16 @@ bool abort_cb(void* data) {
   return c != nullptr && c->load(std::memory_order_relaxed);
 }
 
+// GPU (discrete or integrated) devices this build sees.
+int count_gpus() {
+  int n = 0;
+  for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+    const auto type = ggml_backend_dev_type(ggml_backend_dev_get(i));
+    if (type == GGML_BACKEND_DEVICE_TYPE_GPU || type == GGML_BACKEND_DEVICE_TYPE_IGPU) ++n;
+  }
+  return n;
+}
+
 struct BatchHolder {
   llama_batch b;
   explicit BatchHolder(int n) : b(llama_batch_init(n, 0, 1)) {}
@@ -182,12 +192,8 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
   // Everything on the accelerator when the build has one (a build or a
   // machine without one simply runs on the CPU).
   mp.n_gpu_layers = opts.n_gpu_layers.value_or(-1);
+  const int n_gpus = count_gpus();
   if (opts.main_gpu) {
-    int n_gpus = 0;
-    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
-      auto type = ggml_backend_dev_type(ggml_backend_dev_get(i));
-      if (type == GGML_BACKEND_DEVICE_TYPE_GPU || type == GGML_BACKEND_DEVICE_TYPE_IGPU) ++n_gpus;
-    }
     if (*opts.main_gpu < 0 || *opts.main_gpu >= n_gpus) {
       throw std::invalid_argument("main_gpu=" + std::to_string(*opts.main_gpu) + " but this build sees " +
                                   std::to_string(n_gpus) + " GPU device(s)" +
@@ -207,15 +213,10 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
     mp.load_mode = LLAMA_LOAD_MODE_NONE;
   }
   // F16 matrices as BF16 (fetch-time patch "F16 weights as BF16"): where the
-  // CPU code has AVX512-BF16 the BF16 kernels ran the v4 shape 1.75 x faster
+  // CPU code has AVX512-BF16 the BF16 kernels ran the v4 shape 1.45 x faster
   // than F16's (docs/benchmarks.md). Only for CPU-held weights; the file is
   // then read, not mapped (a converted tensor is a copy).
-  bool gpu = false;
-  for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
-    auto type = ggml_backend_dev_type(ggml_backend_dev_get(i));
-    if (type == GGML_BACKEND_DEVICE_TYPE_GPU || type == GGML_BACKEND_DEVICE_TYPE_IGPU) gpu = true;
-  }
-  const bool cpu_only = !gpu || mp.n_gpu_layers == 0;
+  const bool cpu_only = n_gpus == 0 || mp.n_gpu_layers == 0;
   f16_as_bf16_ = wt.f16_matrix && opts.f16_as_bf16.value_or(ggml_cpu_has_avx512_bf16() != 0 && cpu_only);
   if (f16_as_bf16_) mp.load_mode = LLAMA_LOAD_MODE_NONE;
   load_mode_ = mp.load_mode == LLAMA_LOAD_MODE_MMAP ? "mmap" : "read";
@@ -749,8 +750,8 @@ void Model::decode_all(const std::vector<std::vector<int32_t>>& toks, const Requ
   // 3. decode, handing every output token to the output stage
   std::vector<double> acc(std::min(static_cast<size_t>(n_seq_max_), n) * static_cast<size_t>(n_embd_));
   auto acc_row = [&](int seq) { return acc.data() + static_cast<size_t>(seq) * static_cast<size_t>(n_embd_); };
-  const size_t n_pooled_of = 1;  // tokens pooled by cls / last
-  auto n_pooled = [&](size_t len) { return pool_ == Pooling::Mean ? len : std::min(len, n_pooled_of); };
+  // tokens pooled: all of them for mean, the one for cls / last
+  auto n_pooled = [&](size_t len) { return pool_ == Pooling::Mean ? len : std::min<size_t>(len, 1); };
 
   for (size_t text : plan.empty) {
     finish_pooled(nullptr, n_embd_, 0, pool_, dim, out + text * static_cast<size_t>(dim), text);
