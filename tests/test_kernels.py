@@ -92,3 +92,116 @@ int main(void) {{
     out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout
     assert "checked 4294967296 mismatches 0" in out.stdout
+
+
+_Q8_0_HARNESS = r"""
+// jv4's Q8_0 AVX512-VNNI kernel, compiled alone, against exact integer sums
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <vector>
+#define QK8_0 32
+#define GGML_RESTRICT __restrict__
+typedef uint16_t ggml_half;
+typedef struct { ggml_half d; int8_t qs[QK8_0]; } block_q8_0;
+template <int N> struct blk { ggml_half d[N]; int8_t qs[QK8_0 * N]; };
+typedef blk<4> block_q8_0x4;
+typedef blk<16> block_q8_0x16;
+static inline float GGML_CPU_FP16_TO_FP32(ggml_half h) { return _cvtsh_ss(h); }
+KERNEL
+static uint64_t rng = 88172645463325252ull;
+static uint32_t rnd() { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return (uint32_t) rng; }
+int main() {
+    int bad = 0;
+    // (quants per row, weight rows, tokens): one block; v4's widths; more than
+    // one 64-group slice of tokens; token counts that are not a multiple of 8
+    const int shapes[][3] = {{32, 16, 4}, {64, 32, 8}, {2048, 48, 12}, {11008, 32, 4}, {256, 16, 260}, {96, 64, 20}};
+    for (auto & sh : shapes) {
+        const int n = sh[0], nc = sh[1], nr = sh[2], nb = n / QK8_0;
+        for (int unit = 0; unit < 2; unit++) {  // unit: every scale 1.0, so results are exact integers
+            std::vector<block_q8_0> W((size_t) nc * nb), A((size_t) nr * nb);
+            for (auto & b : W) {
+                const bool extremes = rnd() % 8 == 0;  // -128 and 127 (a file may hold -128)
+                b.d = _cvtss_sh(unit ? 1.0f : (float) (rnd() % 1000 + 1) / 4096.0f, 0);
+                for (int q = 0; q < QK8_0; q++) b.qs[q] = extremes ? (rnd() & 1 ? 127 : -128) : (int8_t) (rnd() % 255 - 127);
+            }
+            for (auto & b : A) {
+                const bool extremes = rnd() % 8 == 0;
+                b.d = _cvtss_sh(unit ? 1.0f : (float) (rnd() % 1000 + 1) / 4096.0f, 0);
+                for (int q = 0; q < QK8_0; q++) b.qs[q] = extremes ? (rnd() & 1 ? 127 : -127) : (int8_t) (rnd() % 255 - 127);
+            }
+            std::vector<block_q8_0x16> Wr((size_t) nc / 16 * nb);
+            for (int x = 0; x < nc / 16; x++) for (int l = 0; l < nb; l++) {
+                block_q8_0 rows[16];
+                for (int r = 0; r < 16; r++) rows[r] = W[(size_t) (x * 16 + r) * nb + l];
+                Wr[(size_t) x * nb + l] = jv4_make_block_q8_0x16_vnni(rows);
+            }
+            // activations as llama.cpp hands them over: 4 tokens, 8-quant interleave
+            std::vector<block_q8_0x4> Ar((size_t) nr / 4 * nb);
+            for (int y = 0; y < nr / 4; y++) for (int l = 0; l < nb; l++) {
+                block_q8_0x4 & o = Ar[(size_t) y * nb + l];
+                for (int t = 0; t < 4; t++) o.d[t] = A[(size_t) (y * 4 + t) * nb + l].d;
+                for (int j = 0; j < 128; j++) o.qs[j] = A[(size_t) (y * 4 + (j % 32) / 8) * nb + l].qs[(j / 32) * 8 + j % 8];
+            }
+            const size_t bs = nc + 3;  // a row stride wider than the tile
+            std::vector<float> S((size_t) nr * bs, NAN), G((size_t) nr * bs, NAN);
+            jv4_gemm_q8_0_16x4_vnni(n, S.data(), bs, Wr.data(), Ar.data(), nr, nc);
+            for (int t = 0; t < nr; t++)
+                jv4_gemv_q8_0_16x4_vnni(n, G.data() + (size_t) t * bs, 0, Wr.data(), A.data() + (size_t) t * nb, 1, nc);
+            double worst = 0;
+            for (int t = 0; t < nr; t++) for (int c = 0; c < nc; c++) {
+                double ref = 0, mag = 0;
+                for (int l = 0; l < nb; l++) {
+                    long isum = 0;
+                    const block_q8_0 & w = W[(size_t) c * nb + l];
+                    const block_q8_0 & a = A[(size_t) t * nb + l];
+                    for (int q = 0; q < QK8_0; q++) isum += (long) w.qs[q] * a.qs[q];
+                    const double sc = (double) _cvtsh_ss(w.d) * _cvtsh_ss(a.d);
+                    ref += sc * isum;
+                    mag += fabs(sc * isum);
+                }
+                for (int which = 0; which < 2; which++) {
+                    const double got = (which ? G : S)[(size_t) t * bs + c];
+                    const double err = fabs(got - ref) / (mag > 0 ? mag : 1);
+                    if (err > worst) worst = err;
+                    if ((unit && got != ref) || !(err <= 1e-5)) {
+                        if (bad++ < 5) printf("n=%d nc=%d nr=%d unit=%d %s token %d row %d: %.9g, exact %.9g\n",
+                                              n, nc, nr, unit, which ? "gemv" : "gemm", t, c, got, ref);
+                    }
+                }
+            }
+            for (int t = 0; t < nr; t++) for (int c = nc; c < (int) bs; c++)
+                if (S[(size_t) t * bs + c] == S[(size_t) t * bs + c] && bad++ < 5) printf("wrote outside the tile\n");
+            printf("n=%d nc=%d nr=%d unit=%d worst relative error %.3g\n", n, nc, nr, unit, worst);
+        }
+    }
+    printf("mismatches %d\n", bad);
+    return bad != 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="needs a C++ compiler (c++)")
+@pytest.mark.skipif(not all(_cpu_has(f) for f in ("avx512f", "avx512bw", "avx512_vnni", "f16c")),
+                    reason="needs a CPU with AVX512-VNNI to run the kernel")
+def test_q8_0_vnni_kernel_matches_exact_integer_arithmetic(tmp_path):
+    # The patch "Q8_0 weights for AVX512-VNNI": repacking, gemm (tokens four
+    # at a time) and gemv (one token), against the dot products of the
+    # original Q8_0 blocks summed exactly. With unit scales the results are
+    # integers and must be equal; otherwise within float rounding (1e-5 of
+    # the sum of the terms' magnitudes; measured <= 2e-7).
+    source = (GGML / "ggml-cpu" / "repack.cpp").read_text(encoding="utf-8")
+    begin, end = "// jv4-q8_0-vnni kernel begin", "// jv4-q8_0-vnni kernel end"
+    assert begin in source and end in source, "the Q8_0 VNNI kernel is missing from the vendored tree"
+    kernel = source[source.index(begin):source.index(end)]
+    assert "_mm512_dpbusd_epi32" in kernel
+    program = tmp_path / "q8_0_vnni.cpp"
+    program.write_text(_Q8_0_HARNESS.replace("KERNEL", kernel, 1))
+    exe = tmp_path / "q8_0_vnni"
+    subprocess.run(["c++", "-O2", "-std=c++17", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c",
+                    "-mfma", "-o", str(exe), str(program)], check=True)
+    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout
+    assert "mismatches 0" in out.stdout

@@ -66,18 +66,25 @@ def test_quantize_types_cover_the_official_release_types():
         assert t in jv4.QUANT_TYPES
 
 
-@pytest.mark.parametrize("qtype", ["Q4_K_M", "Q4_0"])
+# the build feature each type's x86 repacked layout needs (Q8_0: jv4's
+# fetch-time patch "Q8_0 weights for AVX512-VNNI")
+_REPACK_FEATURE = {"Q4_K_M": "AVX2", "Q4_0": "AVX2", "Q8_0": "AVX512_VNNI"}
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K_M", "Q4_0", "Q8_0"])
 def test_repacked_and_plain_weights_give_the_same_vectors(make_gguf, reference, tmp_path,
                                                           caplog, qtype):
-    # Q4_K and Q4_0 both have CPU repacked layouts (x86 with AVX2); the two
-    # kernels must agree with each other and with the float reference.
+    # Q4_K, Q4_0 and (AVX512-VNNI builds) Q8_0 have CPU repacked layouts; the
+    # two kernels must agree with each other and with the float reference.
+    # 41 texts: the repacked kernels take tokens four at a time, the rest one
+    # by one (both paths run).
     dst = tmp_path / f"r-{qtype}.gguf"
     jv4.quantize(make_gguf("qwen2", "retrieval", "F32"), dst, qtype)
-    texts = CORPUS[:40]
+    texts = CORPUS[:41]
     ref = reference(texts, "Query: ")
     with caplog.at_level(logging.DEBUG, logger="jv4"):
         on = jv4.Model(dst, repack=True)
-    if "AVX2" in jv4.build_info()["cpu_features"]:
+    if _REPACK_FEATURE[qtype] in jv4.build_info()["cpu_features"]:
         assert "CPU_REPACK" in caplog.text, "repack=True did not repack"
     caplog.clear()
     with caplog.at_level(logging.DEBUG, logger="jv4"):
@@ -86,8 +93,8 @@ def test_repacked_and_plain_weights_give_the_same_vectors(make_gguf, reference, 
     assert (on.info["repack"], on.info["load_mode"]) == (True, "read")
     assert (off.info["repack"], off.info["load_mode"]) == (False, "mmap")
     a, b = on.embed(texts), off.embed(texts)
-    assert cosines(a, b).min() > 0.9999  # measured 0.99999 (Q4_K_M, Q4_0)
-    assert cosines(a, ref).min() > 0.95 and cosines(b, ref).min() > 0.95  # measured 0.975-0.984
+    assert cosines(a, b).min() > 0.9999  # measured 0.99999 (Q4_K_M), 0.999998 (Q4_0), 0.999996 (Q8_0)
+    assert cosines(a, ref).min() > 0.95 and cosines(b, ref).min() > 0.95  # measured 0.975-0.984; Q8_0 0.9998
 
 
 def test_repacking_by_default_only_where_it_measured_faster(make_gguf, tmp_path):
@@ -99,11 +106,13 @@ def test_repacking_by_default_only_where_it_measured_faster(make_gguf, tmp_path)
         info = jv4.Model(dst).info
         chosen[qtype] = (info["repack"], info["load_mode"])
     # x86: Q4_K faster unrepacked; elsewhere llama.cpp's default (repacked,
-    # so read). Q4_0: repacked (and read, so held once). Q8_0 has no x86
-    # repacked layout and is not scanned as repackable: memory-mapped.
+    # so read). Q4_0: repacked (and read, so held once). Q8_0: repacked (so
+    # read) where the build's CPU code has AVX512-VNNI; elsewhere no repacked
+    # layout is used for it and it stays memory-mapped.
     x86 = platform.machine().lower() in ("x86_64", "amd64")
     q4k = (False, "mmap") if x86 else (True, "read")
-    assert chosen == {"Q4_K_M": q4k, "Q4_0": (True, "read"), "Q8_0": (True, "mmap")}
+    q8 = "read" if "AVX512_VNNI" in jv4.build_info()["cpu_features"] else "mmap"
+    assert chosen == {"Q4_K_M": q4k, "Q4_0": (True, "read"), "Q8_0": (True, q8)}
 
 
 def test_repack_must_be_a_bool_or_none(make_gguf):

@@ -278,6 +278,218 @@ _F16_AS_BF16 = (
      '                    ggml_backend_tensor_set(cur, read_buf.data(), 0, n_size);\n'),
 )
 
+# Q8_0 weights for AVX512-VNNI. On x86 llama.cpp multiplies Q8_0 weights in
+# llamafile's tinyBLAS (256-bit, per 32-quant block a sign trick, one dot
+# product and a scale product) and ran at 0.49 x Q4_K_M's rate on the v4
+# shape. Here Q8_0 weights are repacked at load, 16 rows interleaved four
+# quants at a time and offset by 128 as unsigned bytes, so one 512-bit
+# vpdpbusd multiplies four quants of 16 rows by four quants of one token; the
+# offset comes back out exactly (each accumulator starts at -128 x the sum of
+# that token's quants in the block). Same 544 bytes per 16 blocks as the file,
+# scales kept fp16. Only in builds whose CPU code has AVX512-VNNI (other
+# levels keep tinyBLAS). tests/test_kernels.py compiles the kernel block on
+# its own and checks it against exact integer arithmetic; tests/test_embed.py
+# compares repacked and unrepacked Q8_0 models.
+_REPACK = "ggml/src/ggml-cpu/repack.cpp"
+_Q8_0_VNNI_KERNEL = r"""
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define JV4_Q8_0_VNNI 1
+// jv4 patch: Q8_0 weights for AVX512-VNNI (see jv4's tools/fetch_llama_cpp.py)
+// jv4-q8_0-vnni kernel begin
+// 16 rows of one 32-quant block: qs[g*64 + r*4 + i] = row r's quant 4g+i,
+// plus 128 as an unsigned byte; d[r] = row r's scale.
+static block_q8_0x16 jv4_make_block_q8_0x16_vnni(const block_q8_0 * in) {
+    block_q8_0x16 out;
+    for (int r = 0; r < 16; r++) {
+        out.d[r] = in[r].d;
+        for (int q = 0; q < QK8_0; q++) {
+            out.qs[(q / 4) * 64 + r * 4 + q % 4] = (int8_t) ((uint8_t) in[r].qs[q] ^ 0x80);
+        }
+    }
+    return out;
+}
+
+static inline int32_t jv4_load_i32(const int8_t * p) {
+    int32_t v;
+    memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+// -128 x the sum of each token's quants in one block_q8_0x4 (4 tokens,
+// 8-quant interleave: byte j belongs to token (j % 32) / 8)
+static inline __m128i jv4_q8_0x4_offsets(const block_q8_0x4 * a) {
+    const __m512i k128 = _mm512_set1_epi8((char) 0x80);
+    __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), k128, _mm512_loadu_si512((const void *) a->qs));
+    s = _mm512_dpbusd_epi32(s, k128, _mm512_loadu_si512((const void *) (a->qs + 64)));
+    // lane i holds part of token (i % 8) / 2: fold lanes i + 8, then 2t + 1
+    s = _mm512_add_epi32(s, _mm512_shuffle_i64x2(s, s, _MM_SHUFFLE(1, 0, 3, 2)));
+    s = _mm512_add_epi32(s, _mm512_shuffle_epi32(s, _MM_PERM_CDAB));
+    const __m256i t = _mm512_cvtepi64_epi32(s);  // lanes 0, 2, 4, 6: tokens 0..3
+    return _mm_sub_epi32(_mm_setzero_si128(), _mm256_castsi256_si128(t));
+}
+
+// NG groups of 4 tokens against 16 weight rows, all nb blocks.
+template <int NG>
+static inline void jv4_q8_0_vnni_tile(int nb, const block_q8_0x16 * GGML_RESTRICT w,
+                                      const block_q8_0x4 * GGML_RESTRICT a, const int32_t * GGML_RESTRICT off,
+                                      float * GGML_RESTRICT s, size_t bs) {
+    __m512 sum[NG * 4];
+    for (int i = 0; i < NG * 4; i++) {
+        sum[i] = _mm512_setzero_ps();
+    }
+    for (int l = 0; l < nb; l++) {
+        __m512i wq[8];
+        for (int g = 0; g < 8; g++) {
+            wq[g] = _mm512_loadu_si512((const void *) (w[l].qs + 64 * g));
+        }
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) w[l].d));
+        for (int h = 0; h < NG; h++) {
+            const block_q8_0x4 * ab = a + (size_t) h * nb + l;
+            for (int t = 0; t < 4; t++) {
+                __m512i acc = _mm512_set1_epi32(off[((size_t) h * nb + l) * 4 + t]);
+                for (int g = 0; g < 8; g++) {
+                    const int32_t q = jv4_load_i32(ab->qs + (g / 2) * 32 + t * 8 + (g % 2) * 4);
+                    acc = _mm512_dpbusd_epi32(acc, wq[g], _mm512_set1_epi32(q));
+                }
+                const __m512 d = _mm512_mul_ps(dw, _mm512_set1_ps(GGML_CPU_FP16_TO_FP32(ab->d[t])));
+                sum[h * 4 + t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), d, sum[h * 4 + t]);
+            }
+        }
+    }
+    for (int h = 0; h < NG; h++) {
+        for (int t = 0; t < 4; t++) {
+            _mm512_storeu_ps(s + (size_t) (h * 4 + t) * bs, sum[h * 4 + t]);
+        }
+    }
+}
+
+// nr tokens (a multiple of 4, as block_q8_0x4) x nc weight rows (a multiple of 16)
+static void jv4_gemm_q8_0_16x4_vnni(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx,
+                                    const void * GGML_RESTRICT vy, int nr, int nc) {
+    const int nb = n / QK8_0;
+    const int ngroups = nr / 4;
+    const block_q8_0x16 * w = (const block_q8_0x16 *) vx;
+    const block_q8_0x4 * a = (const block_q8_0x4 *) vy;
+    // tokens in slices of 64 groups: their offsets fit a bounded buffer and
+    // their activations stay in cache while every weight row passes by
+    enum { SLICE = 64 };
+    static thread_local std::vector<int32_t> off;
+    off.resize((size_t) SLICE * nb * 4);
+    for (int y0 = 0; y0 < ngroups; y0 += SLICE) {
+        const int y1 = ngroups - y0 < SLICE ? ngroups : y0 + SLICE;
+        for (int y = y0; y < y1; y++) {
+            for (int l = 0; l < nb; l++) {
+                _mm_storeu_si128((__m128i *) (off.data() + ((size_t) (y - y0) * nb + l) * 4),
+                                 jv4_q8_0x4_offsets(a + (size_t) y * nb + l));
+            }
+        }
+        for (int x = 0; x < nc / 16; x++) {
+            const block_q8_0x16 * wx = w + (size_t) x * nb;
+            int y = y0;
+            for (; y + 2 <= y1; y += 2) {
+                jv4_q8_0_vnni_tile<2>(nb, wx, a + (size_t) y * nb, off.data() + (size_t) (y - y0) * nb * 4,
+                                      s + (size_t) y * 4 * bs + x * 16, bs);
+            }
+            for (; y < y1; y++) {
+                jv4_q8_0_vnni_tile<1>(nb, wx, a + (size_t) y * nb, off.data() + (size_t) (y - y0) * nb * 4,
+                                      s + (size_t) y * 4 * bs + x * 16, bs);
+            }
+        }
+    }
+}
+
+// one token (plain block_q8_0 row) x nc weight rows
+static void jv4_gemv_q8_0_16x4_vnni(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx,
+                                    const void * GGML_RESTRICT vy, int nr, int nc) {
+    (void) bs;
+    (void) nr;
+    const int nb = n / QK8_0;
+    const block_q8_0x16 * w = (const block_q8_0x16 *) vx;
+    const block_q8_0 * a = (const block_q8_0 *) vy;
+    for (int x = 0; x < nc / 16; x++) {
+        const block_q8_0x16 * wx = w + (size_t) x * nb;
+        __m512 sum = _mm512_setzero_ps();
+        for (int l = 0; l < nb; l++) {
+            int32_t sa = 0;
+            for (int q = 0; q < QK8_0; q++) {
+                sa += a[l].qs[q];
+            }
+            __m512i acc = _mm512_set1_epi32(-128 * sa);
+            for (int g = 0; g < 8; g++) {
+                acc = _mm512_dpbusd_epi32(acc, _mm512_loadu_si512((const void *) (wx[l].qs + 64 * g)),
+                                          _mm512_set1_epi32(jv4_load_i32(a[l].qs + 4 * g)));
+            }
+            const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) wx[l].d));
+            const __m512 d = _mm512_mul_ps(dw, _mm512_set1_ps(GGML_CPU_FP16_TO_FP32(a[l].d)));
+            sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), d, sum);
+        }
+        _mm512_storeu_ps(s + x * 16, sum);
+    }
+}
+// jv4-q8_0-vnni kernel end
+
+static int jv4_repack_q8_0_16x4_vnni(struct ggml_tensor * t, const void * GGML_RESTRICT data, size_t data_size) {
+    GGML_ASSERT(t->type == GGML_TYPE_Q8_0);
+    const int64_t nrow = ggml_nrows(t);
+    const int64_t nblocks = t->ne[0] / QK8_0;
+    GGML_ASSERT(data_size == nrow * nblocks * sizeof(block_q8_0));
+    if (t->ne[1] % 16 != 0) {
+        return -1;
+    }
+    block_q8_0x16 * dst = (block_q8_0x16 *) t->data;
+    const block_q8_0 * src = (const block_q8_0 *) data;
+    block_q8_0 rows[16];
+    for (int64_t b = 0; b < nrow; b += 16) {
+        for (int64_t x = 0; x < nblocks; x++) {
+            for (int r = 0; r < 16; r++) {
+                rows[r] = src[x + r * nblocks];
+            }
+            *dst++ = jv4_make_block_q8_0x16_vnni(rows);
+        }
+        src += 16 * nblocks;
+    }
+    return 0;
+}
+
+template <> int repack<block_q8_0, 8, 16>(struct ggml_tensor * t, const void * data, size_t data_size) {
+    return jv4_repack_q8_0_16x4_vnni(t, data, data_size);
+}
+
+template <> void gemv<block_q8_0, 8, 16, GGML_TYPE_Q8_0>(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc) {
+    jv4_gemv_q8_0_16x4_vnni(n, s, bs, vx, vy, nr, nc);
+}
+
+template <> void gemm<block_q8_0, 8, 16, GGML_TYPE_Q8_0>(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc) {
+    jv4_gemm_q8_0_16x4_vnni(n, s, bs, vx, vy, nr, nc);
+}
+#endif  // jv4 patch: Q8_0 weights for AVX512-VNNI
+"""
+_Q8_0_VNNI = (
+    (_REPACK, '#include "repack.h"\n', '#include "repack.h"\n'
+     '#include <vector>  // jv4 patch: Q8_0 VNNI kernel offsets\n'),
+    (_REPACK,
+     'template <> void gemm<block_q8_0, 8, 4, GGML_TYPE_Q8_0>(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc) {\n'
+     '    ggml_gemm_q8_0_4x8_q8_0(n, s, bs, vx, vy, nr, nc);\n'
+     '}\n',
+     'template <> void gemm<block_q8_0, 8, 4, GGML_TYPE_Q8_0>(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc) {\n'
+     '    ggml_gemm_q8_0_4x8_q8_0(n, s, bs, vx, vy, nr, nc);\n'
+     '}\n' + _Q8_0_VNNI_KERNEL),
+    (_REPACK,
+     '    static const ggml::cpu::repack::tensor_traits<block_q8_0, 8, 4, GGML_TYPE_Q8_0> q8_0_4x8_q8_0;\n',
+     '    static const ggml::cpu::repack::tensor_traits<block_q8_0, 8, 4, GGML_TYPE_Q8_0> q8_0_4x8_q8_0;\n'
+     '#if defined(JV4_Q8_0_VNNI)\n'
+     '    static const ggml::cpu::repack::tensor_traits<block_q8_0, 8, 16, GGML_TYPE_Q8_0> jv4_q8_0_16x4_vnni;  // jv4 patch\n'
+     '#endif\n'),
+    (_REPACK,
+     '    } else if (cur->type == GGML_TYPE_Q8_0) {\n',
+     '    } else if (cur->type == GGML_TYPE_Q8_0) {\n'
+     '#if defined(JV4_Q8_0_VNNI)\n'
+     '        if (cur->ne[1] % 16 == 0) {\n'
+     '            return &jv4_q8_0_16x4_vnni;  // jv4 patch: Q8_0 weights for AVX512-VNNI\n'
+     '        }\n'
+     '#endif\n'),
+)
+
 PATCHES = (
     # In embeddings mode llama.cpp still multiplies every output token by the
     # lm_head (vocab 151936 x hidden) and keeps a logits buffer of
@@ -287,7 +499,7 @@ PATCHES = (
     ("src/llama-context.cpp",
      "    bool has_logits     = true;\n",
      "    bool has_logits     = !cparams.embeddings;  // jv4 patch: no logits buffer for embedders\n"),
-) + _KERNEL_PATCHES + _LOADER_CHECKS + _F16_AS_BF16
+) + _KERNEL_PATCHES + _Q8_0_VNNI + _LOADER_CHECKS + _F16_AS_BF16
 
 
 class FetchError(RuntimeError):

@@ -128,7 +128,8 @@ static void precheck_file(const std::string& path) {
 namespace {
 
 struct WeightTypes {
-  bool repackable = false;         // some tensor has a CPU repacked layout (x86: Q4_0, IQ4_NL, Q4_K, Q2_K)
+  bool repackable = false;         // some tensor has a CPU repacked layout (x86: Q4_0, IQ4_NL, Q4_K, Q2_K;
+                                   // Q8_0 with AVX512-VNNI)
   bool repack_is_slower = false;   // ...and it is one measured slower repacked
   bool f16_matrix = false;         // some 2-D tensor is F16
 };
@@ -159,6 +160,11 @@ WeightTypes scan_weight_types(const std::string& path) {
       case GGML_TYPE_Q4_0:
       case GGML_TYPE_IQ4_NL:
         wt.repackable = true;
+        break;
+      case GGML_TYPE_Q8_0:
+        // jv4's fetch-time patch "Q8_0 weights for AVX512-VNNI" repacks these
+        // where the build's CPU code has AVX512-VNNI (tools/fetch_llama_cpp.py)
+        if (ggml_cpu_has_avx512_vnni()) wt.repackable = true;
         break;
       default:
         break;
