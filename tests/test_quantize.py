@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import re
 import subprocess
 import sys
 import textwrap
@@ -118,3 +119,22 @@ def test_repacking_by_default_only_where_it_measured_faster(make_gguf, tmp_path)
 def test_repack_must_be_a_bool_or_none(make_gguf):
     with pytest.raises(TypeError, match="repack must be True, False or None, got str"):
         jv4.Model(make_gguf(), repack="yes")
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0"])
+def test_read_weights_are_held_once(make_gguf, tmp_path, caplog, qtype):
+    # The test model ties its lm_head to token_embd (as v4 does). llama.cpp
+    # makes the lm_head a second tensor when its buffer type differs from
+    # token_embd's (repacked weights), which, read rather than mapped, was a
+    # second copy of the embeddings; jv4 never computes logits and loads none
+    # (fetch-time patch "No tied lm_head copy"). What llama.cpp allocates for
+    # weights must be no more than the file holds.
+    dst = tmp_path / f"once-{qtype}.gguf"
+    jv4.quantize(make_gguf("qwen2", "retrieval", "F32"), dst, qtype)
+    with caplog.at_level(logging.DEBUG, logger="jv4"):
+        m = jv4.Model(dst, repack=True)
+    assert m.info["load_mode"] == "read"
+    sizes = [float(x) for x in re.findall(r"model buffer size =\s+([0-9.]+) MiB", caplog.text)]
+    assert sizes, "llama.cpp's buffer sizes were not logged"
+    assert sum(sizes) <= dst.stat().st_size / 2**20 + 0.1, (sizes, dst.stat().st_size / 2**20)
+    assert np.isfinite(m.embed(CORPUS[:8])).all()

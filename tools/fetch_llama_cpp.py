@@ -490,6 +490,38 @@ _Q8_0_VNNI = (
      '#endif\n'),
 )
 
+# No tied lm_head copy. A Qwen2 file without output.weight (v4's: tied to the
+# token embeddings) gets a second tensor over token_embd for the lm_head. Under
+# mmap both share the file's pages; when weights are read (repacked or F16 as
+# BF16) and the lm_head's buffer type differs from token_embd's (Q8_0 repacked
+# for AVX512-VNNI), it was a second copy: v4 Q8_0 held file + 330 MiB more.
+# jv4 never computes logits (embeddings mode skips the lm_head, above), so
+# while jv4 sets this thread-local switch around its loads, the duplicate is
+# not created. tests/test_quantize.py checks the resident size.
+_NO_TIED_LM_HEAD = (
+    ("include/llama.h",
+     '    LLAMA_API void llama_model_free(struct llama_model * model);\n',
+     '    LLAMA_API void llama_model_free(struct llama_model * model);\n'
+     '\n'
+     '    // jv4 patch: while set on the calling thread, a model load does not make\n'
+     '    // the lm_head a copy of the token embeddings (embeddings need no lm_head)\n'
+     '    LLAMA_API void llama_jv4_set_no_lm_head(bool on);\n'
+     '    LLAMA_API bool llama_jv4_no_lm_head(void);\n'),
+    _insert_before("src/llama-model.cpp", "void llama_model_free(llama_model * model) {\n", (
+        '// jv4 patch: see llama_jv4_set_no_lm_head\n'
+        'static thread_local bool jv4_no_lm_head = false;\n'
+        'void llama_jv4_set_no_lm_head(bool on) { jv4_no_lm_head = on; }\n'
+        'bool llama_jv4_no_lm_head(void) { return jv4_no_lm_head; }\n'
+        '\n'
+    )),
+) + tuple(
+    (f"src/models/{arch}.cpp",
+     '    // if output is NULL, init from the input tok embed\n'
+     '    if (output == NULL) {\n',
+     '    // if output is NULL, init from the input tok embed\n'
+     '    if (output == NULL && !llama_jv4_no_lm_head()) {  // jv4 patch: not for an embedder\n')
+    for arch in ("qwen2", "qwen2vl"))
+
 PATCHES = (
     # In embeddings mode llama.cpp still multiplies every output token by the
     # lm_head (vocab 151936 x hidden) and keeps a logits buffer of
@@ -499,7 +531,7 @@ PATCHES = (
     ("src/llama-context.cpp",
      "    bool has_logits     = true;\n",
      "    bool has_logits     = !cparams.embeddings;  // jv4 patch: no logits buffer for embedders\n"),
-) + _KERNEL_PATCHES + _Q8_0_VNNI + _LOADER_CHECKS + _F16_AS_BF16
+) + _KERNEL_PATCHES + _Q8_0_VNNI + _LOADER_CHECKS + _F16_AS_BF16 + _NO_TIED_LM_HEAD
 
 
 class FetchError(RuntimeError):

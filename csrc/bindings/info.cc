@@ -8,6 +8,7 @@
 
 #include "bindings/common.hpp"
 #include "engine/build_info.hpp"
+#include "engine/model.hpp"
 #include "engine/quantize.hpp"
 
 namespace jv4py {
@@ -34,6 +35,7 @@ void register_info(py::module_& m) {
 
   m.def("quantize_types", [] { return jv4::quantize_types(); });
   m.def("imatrix_types", [] { return jv4::imatrix_types(); });
+  m.def("kv_cache_types", [] { return jv4::kv_cache_types(); });
 
   m.def(
       "quantize",

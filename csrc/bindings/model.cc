@@ -100,9 +100,11 @@ void register_model(py::module_& m) {
                        std::optional<bool> repack, std::optional<int> n_gpu_layers,
                        std::optional<int> main_gpu,
                        std::vector<std::pair<std::optional<std::string>, std::string>> adapters,
-                       std::optional<std::string> projector, std::optional<bool> f16_as_bf16) {
-             jv4::ModelOptions opts{n_threads, max_length, batch_tokens, repack, n_gpu_layers, main_gpu,
-                                    std::move(adapters), std::move(projector), f16_as_bf16};
+                       std::optional<std::string> projector, std::optional<bool> f16_as_bf16,
+                       std::optional<bool> flash_attn, std::optional<std::string> kv_cache_type) {
+             jv4::ModelOptions opts{n_threads,           max_length,  batch_tokens, repack,
+                                    n_gpu_layers,        main_gpu,    std::move(adapters),
+                                    std::move(projector), f16_as_bf16, flash_attn,  std::move(kv_cache_type)};
              auto self = std::make_unique<M>();
              std::atomic<bool> cancel{false};
              run_blocking([&] { self->model = std::make_unique<jv4::Model>(path, opts); }, cancel,
@@ -113,7 +115,8 @@ void register_model(py::module_& m) {
            py::arg("batch_tokens") = py::none(), py::arg("repack") = py::none(),
            py::arg("n_gpu_layers") = py::none(), py::arg("main_gpu") = py::none(),
            py::arg("adapters") = std::vector<std::pair<std::optional<std::string>, std::string>>(),
-           py::arg("projector") = py::none(), py::arg("f16_as_bf16") = py::none())
+           py::arg("projector") = py::none(), py::arg("f16_as_bf16") = py::none(),
+           py::arg("flash_attn") = py::none(), py::arg("kv_cache_type") = py::none())
       .def_property_readonly("n_embd", [](const M& s) { return s.model->n_embd(); })
       .def_property_readonly("task", [](const M& s) -> py::object {
         if (s.model->task().empty()) return py::none();

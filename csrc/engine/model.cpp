@@ -176,6 +176,30 @@ WeightTypes scan_weight_types(const std::string& path) {
 
 }  // namespace
 
+namespace {
+
+// KV cache element types llama.cpp's CPU attention takes (its own list for
+// --cache-type-k/-v); the quantized ones need flash attention for V.
+const std::vector<std::pair<std::string, ggml_type>>& kv_type_table() {
+  static const std::vector<std::pair<std::string, ggml_type>> table = {
+      {"f32", GGML_TYPE_F32},   {"f16", GGML_TYPE_F16},   {"bf16", GGML_TYPE_BF16},
+      {"q8_0", GGML_TYPE_Q8_0}, {"q5_1", GGML_TYPE_Q5_1}, {"q5_0", GGML_TYPE_Q5_0},
+      {"q4_1", GGML_TYPE_Q4_1}, {"q4_0", GGML_TYPE_Q4_0}, {"iq4_nl", GGML_TYPE_IQ4_NL},
+  };
+  return table;
+}
+
+}  // namespace
+
+const std::vector<std::string>& kv_cache_types() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> out;
+    for (const auto& [name, type] : kv_type_table()) out.push_back(name);
+    return out;
+  }();
+  return names;
+}
+
 Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
   for (auto [name, v] : {std::pair{"n_threads", opts.n_threads}, std::pair{"max_length", opts.max_length},
                          std::pair{"batch_tokens", opts.batch_tokens}}) {
@@ -186,6 +210,23 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
   if (opts.n_gpu_layers && *opts.n_gpu_layers < 0) {
     throw std::invalid_argument("n_gpu_layers must be >= 0 (0: CPU only) or None for all layers, got " +
                                 std::to_string(*opts.n_gpu_layers));
+  }
+  flash_attn_ = opts.flash_attn;
+  if (opts.kv_cache_type) {
+    std::string allowed;
+    for (const auto& [name, type] : kv_type_table()) {
+      if (name == *opts.kv_cache_type) kv_type_ = type;
+      allowed += (allowed.empty() ? "" : ", ") + name;
+    }
+    if (kv_type_ < 0) {
+      throw std::invalid_argument("kv_cache_type must be one of " + allowed + " (or None: f16), got '" +
+                                  *opts.kv_cache_type + "'");
+    }
+    if (ggml_is_quantized(static_cast<ggml_type>(kv_type_)) && flash_attn_ == false) {
+      throw std::invalid_argument("kv_cache_type='" + *opts.kv_cache_type +
+                                  "' is quantized, which llama.cpp supports only with flash attention: "
+                                  "use flash_attn=True or None");
+    }
   }
   precheck_file(path);
   init_backend();
@@ -230,6 +271,10 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
     explicit F16Switch(bool on) { llama_jv4_set_f16_as_bf16(on); }
     ~F16Switch() { llama_jv4_set_f16_as_bf16(false); }
   } f16_switch(f16_as_bf16_);
+  struct NoLmHead {  // thread-local in the loader: no tied lm_head copy (jv4 never computes logits)
+    NoLmHead() { llama_jv4_set_no_lm_head(true); }
+    ~NoLmHead() { llama_jv4_set_no_lm_head(false); }
+  } no_lm_head;
   model_ = llama_model_load_from_file(path.c_str(), mp);
   if (model_ == nullptr) {
     std::string why = take_thread_errors();
@@ -325,6 +370,8 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
         {"causal", causal_ ? "1" : "0"},
         {"repack", repack_ ? "1" : "0"},
         {"f16_as_bf16", f16_as_bf16_ ? "1" : "0"},
+        {"flash_attn", !flash_attn_ ? "auto" : *flash_attn_ ? "on" : "off"},
+        {"kv_cache_type", opts.kv_cache_type.value_or("f16")},
         {"load_mode", load_mode_},
         {"file_type", llama_ftype_name(llama_model_ftype(model_))},
         {"n_gpu_layers", std::to_string(mp.n_gpu_layers)},
@@ -371,6 +418,11 @@ void Model::ensure_context(int n_ctx_needed) {
   cp.embeddings = true;
   cp.pooling_type = LLAMA_POOLING_TYPE_NONE;  // per-token outputs; pooled here
   cp.kv_unified = true;
+  if (flash_attn_) cp.flash_attn_type = *flash_attn_ ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+  if (kv_type_ >= 0) {
+    cp.type_k = static_cast<ggml_type>(kv_type_);
+    cp.type_v = static_cast<ggml_type>(kv_type_);
+  }
   cp.no_perf = true;
   cp.abort_callback = abort_cb;
   cp.abort_callback_data = &cancel_;

@@ -37,7 +37,14 @@ struct ModelOptions {
   // hold F16 matrices as BF16 (converted once while the file is read);
   // none: on where ggml's CPU code has AVX512-BF16 and nothing goes to a GPU
   std::optional<bool> f16_as_bf16;
+  // attention: flash attention on / off (none: llama.cpp decides; on the CPU
+  // it turns it on) and the KV cache's element type (none: f16)
+  std::optional<bool> flash_attn;
+  std::optional<std::string> kv_cache_type;
 };
+
+// the KV cache types a context accepts, by name ("f16", "bf16", "q8_0", ...)
+const std::vector<std::string>& kv_cache_types();
 
 // Counters that embed() advances as its decodes finish. Written by the
 // thread computing, read by any other (the binding polls them to drive a
@@ -143,6 +150,8 @@ class Model {
   int batch_tokens_ = 0;
   bool repack_ = false;
   bool f16_as_bf16_ = false;
+  std::optional<bool> flash_attn_;
+  int kv_type_ = -1;  // ggml_type of the KV cache; -1: llama.cpp's default (f16)
   std::string load_mode_;
   int n_seq_max_ = 0;
   int n_threads_ = 0;

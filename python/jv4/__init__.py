@@ -48,6 +48,7 @@ __all__ = [
     "quantize",
     "QUANT_TYPES",
     "IMATRIX_TYPES",
+    "KV_CACHE_TYPES",
     "imatrix",
     "convert",
     "MultiVectors",
@@ -62,6 +63,8 @@ MATRYOSHKA_DIMS: tuple = _core.MATRYOSHKA_DIMS
 QUANT_TYPES: tuple = tuple(_core.quantize_types())
 # the types llama.cpp quantizes only with an importance matrix
 IMATRIX_TYPES: tuple = tuple(_core.imatrix_types())
+#: KV cache element types ``Model(kv_cache_type=...)`` accepts (default "f16")
+KV_CACHE_TYPES: tuple = tuple(_core.kv_cache_types())
 
 
 def build_info() -> dict:

@@ -127,6 +127,13 @@ class Model(EncodeQueryDocument):
         the build's CPU code has AVX512-BF16 and no layer goes to a GPU (there
         the BF16 kernels are the fast ones; the reference computes in bf16);
         ``False`` keeps F16. ``info["f16_as_bf16"]`` says what was chosen.
+    flash_attn: llama.cpp's flash attention on (True) or off (False). Default
+        None: llama.cpp decides (on the CPU it turns it on). Off, attention
+        holds a score matrix of batch_tokens x text length per head.
+    kv_cache_type: element type of the KV cache, one of ``jv4.KV_CACHE_TYPES``
+        (default None: "f16"). A long text keeps 2 x layers x KV width x
+        tokens of them; the quantized types ("q8_0", ...) need flash
+        attention. Measured in docs/benchmarks.md, "Long texts".
 
     Calls are thread-safe (one forward pass at a time per Model) and run
     without the GIL. A bad file raises FileNotFoundError or ModelLoadError;
@@ -139,10 +146,14 @@ class Model(EncodeQueryDocument):
                  repack: Optional[bool] = None, n_gpu_layers: Optional[int] = None,
                  main_gpu: Optional[int] = None,
                  adapters: Union[Mapping[str, ModelSpec], Sequence[ModelSpec], None] = None,
-                 projector: Optional[ModelSpec] = None, f16_as_bf16: Optional[bool] = None) -> None:
-        for name, flag in (("repack", repack), ("f16_as_bf16", f16_as_bf16)):
+                 projector: Optional[ModelSpec] = None, f16_as_bf16: Optional[bool] = None,
+                 flash_attn: Optional[bool] = None, kv_cache_type: Optional[str] = None) -> None:
+        for name, flag in (("repack", repack), ("f16_as_bf16", f16_as_bf16), ("flash_attn", flash_attn)):
             if flag is not None and not isinstance(flag, (bool, np.bool_)):
                 raise TypeError(f"{name} must be True, False or None, got {type(flag).__name__}")
+        if kv_cache_type is not None and not isinstance(kv_cache_type, str):
+            raise TypeError(f"kv_cache_type must be a str or None, got {type(kv_cache_type).__name__}; "
+                            f"allowed: {', '.join(_core.kv_cache_types())}")
         n_threads = opt_int("n_threads", n_threads)
         max_length = opt_int("max_length", max_length)
         batch_tokens = opt_int("batch_tokens", batch_tokens)
@@ -170,7 +181,8 @@ class Model(EncodeQueryDocument):
                 projector = files.get("projector")
         self._core: Optional[_core.Model] = _core.Model(
             path, n_threads, max_length, batch_tokens, None if repack is None else bool(repack),
-            n_gpu_layers, main_gpu, pairs, projector, None if f16_as_bf16 is None else bool(f16_as_bf16))
+            n_gpu_layers, main_gpu, pairs, projector, None if f16_as_bf16 is None else bool(f16_as_bf16),
+            None if flash_attn is None else bool(flash_attn), kv_cache_type)
         # the Unicode normal form the model's reference tokenizer applies first
         # ("NFC" for the Qwen2 vocabulary; None: text goes in as it is)
         self._normal_form: Optional[str] = self._core.normalization

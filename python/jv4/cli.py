@@ -205,8 +205,9 @@ class _Output:
 
 # --- commands ----------------------------------------------------------------
 def _model_kwargs(a: argparse.Namespace) -> dict:
-    return {k: v for k, v in (("n_threads", a.threads), ("batch_tokens", getattr(a, "batch_tokens", None)))
-            if v is not None}
+    pairs = (("n_threads", a.threads), ("batch_tokens", getattr(a, "batch_tokens", None)),
+             ("flash_attn", getattr(a, "flash_attn", None)), ("kv_cache_type", getattr(a, "kv_cache_type", None)))
+    return {k: v for k, v in pairs if v is not None}
 
 
 def _engine(a: argparse.Namespace):
@@ -405,6 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--vector-field", default="embedding", help="JSON output: the vector's field (default embedding)")
     e.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     e.add_argument("--batch-tokens", type=int, help="token budget of one decode (default 512)")
+    e.add_argument("--flash-attn", action=argparse.BooleanOptionalAction, default=None,
+                   help="llama.cpp's flash attention on or off (default: llama.cpp decides)")
+    e.add_argument("--kv-cache-type", choices=jv4.KV_CACHE_TYPES, metavar="TYPE",
+                   help="KV cache element type for long texts: " + ", ".join(jv4.KV_CACHE_TYPES) + " (default f16)")
     e.add_argument("--chunk", type=int, default=4096, help="texts per engine call (default 4096)")
     e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
