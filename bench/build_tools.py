@@ -5,6 +5,7 @@ measures batching and overhead, not compilers.
 
     python bench/build_tools.py             # from vendor/llama.cpp (jv4's patches applied)
     python bench/build_tools.py --upstream  # llama.cpp as released, into build/llama-tools-upstream
+    python bench/build_tools.py --upstream --bench-only  # ... llama-bench alone (bench/formats.py)
     python bench/build_tools.py --variant avx2          # patched, AVX-512 off (build/llama-tools-avx2)
     python bench/build_tools.py --variant no-llamafile  # patched, GGML_LLAMAFILE=OFF
 """
@@ -33,6 +34,7 @@ def main() -> int:
                        help="llama.cpp exactly as released (no jv4 patches), for peers as users get them")
     which.add_argument("--variant", choices=["avx2", "no-llamafile"],
                        help="the patched tree built differently, llama-bench only (A/B runs)")
+    ap.add_argument("--bench-only", action="store_true", help="build llama-bench alone")
     a = ap.parse_args()
     upstream, variant = a.upstream, a.variant
     llama_dir = ROOT / "build" / "llama.cpp-upstream" if upstream else ROOT / "vendor" / "llama.cpp"
@@ -54,7 +56,7 @@ def main() -> int:
            "-DCMAKE_BUILD_TYPE=Release", f"-DLLAMA_DIR={llama_dir}"] + defs
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
-    targets = ["llama-bench"] if variant else ["llama-bench", "llama-server"]  # variants: A/B only
+    targets = ["llama-bench"] if variant or a.bench_only else ["llama-bench", "llama-server"]  # variants: A/B only
     subprocess.run(["cmake", "--build", str(build), "--target", *targets,
                     "-j", str(os.cpu_count())], check=True)
     print(f"built into {build / 'bin'}")

@@ -1,6 +1,10 @@
 """Every official format on one shape: jv4 tokens/s, peak RSS and fidelity
 against transformers' float32 forward pass of the same weights, beside
-transformers fp32 and bf16 speed, all in one run.
+transformers fp32 and bf16 speed, all in one run, and the raw forward pass
+of llama.cpp as released (the vendored tree without jv4's patches) where
+`python bench/build_tools.py --upstream --bench-only` has built its
+llama-bench: pp512 tokens/s at its defaults (weights repacked where llama.cpp
+repacks them, F16 kept F16).
 
     python bench/formats.py --shape v4 --texts 16
 
@@ -22,6 +26,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+UPSTREAM_BENCH = HERE.parent / "build" / "llama-tools-upstream" / "bin" / "llama-bench"
 sys.path.insert(0, str(HERE))
 sys.path.append(str(HERE.parent / "tests"))
 
@@ -132,6 +137,11 @@ def main() -> int:
         cos = (v * ref).sum(1) / (np.linalg.norm(v, axis=1) * np.linalg.norm(ref, axis=1))
         rows[f] = dict(r, cos_mean=float(cos.mean()), cos_min=float(cos.min()),
                        file_mib=files[f].stat().st_size / 2**20)
+    if UPSTREAM_BENCH.exists():
+        from run import llama_bench
+
+        for f in formats:
+            rows[f]["upstream_pp512"] = llama_bench(UPSTREAM_BENCH, files[f], a.threads, prompts=(512,))["pp512"]
     ns = argparse.Namespace(threads=a.threads, shape=a.shape, batch_tokens=0)
     hf = {e: run_child(e, ns, f16, npz, texts_file) for e in ("transformers-fp32", "transformers-bf16")}
     n_tokens = sum(len(jv4.Model(f16, n_threads=1).tokenize(x, role="passage")) for x in texts)
@@ -141,14 +151,16 @@ def main() -> int:
     feats = jv4.build_info()["cpu_features"]
     print(f"shape {a.shape}, {a.texts} passages ({n_tokens} tokens), {a.threads} threads; ggml CPU features: "
           f"{' '.join(feats)}; IQ types with an imatrix of {len(calibration)} other passages\n")
-    print("| format | jv4 tok/s | vs best transformers | peak RSS MiB | file MiB | cos vs fp32 reference (mean / min) |")
-    print("|---|---:|---:|---:|---:|---|")
+    print("| format | jv4 tok/s | vs best transformers | llama.cpp as released, pp512 tok/s | peak RSS MiB | "
+          "file MiB | cos vs fp32 reference (mean / min) |")
+    print("|---|---:|---:|---:|---:|---:|---|")
     for f, r in rows.items():
         note = " (held as BF16)" if r["f16_as_bf16"] else ""
-        print(f"| {f}{note} | {r['tok_s']:.1f} | {r['tok_s'] / best_hf:.2f} | {r['peak_mib']:.0f} | "
+        up = f"{r['upstream_pp512']:.1f}" if "upstream_pp512" in r else "not built"
+        print(f"| {f}{note} | {r['tok_s']:.1f} | {r['tok_s'] / best_hf:.2f} | {up} | {r['peak_mib']:.0f} | "
               f"{r['file_mib']:.0f} | {r['cos_mean']:.6f} / {r['cos_min']:.6f} |")
     for e, t in hf_tok.items():
-        print(f"| {e} | {t:.1f} | {t / best_hf:.2f} | {hf[e]['peak_rss_mib']:.0f} | | |")
+        print(f"| {e} | {t:.1f} | {t / best_hf:.2f} | | {hf[e]['peak_rss_mib']:.0f} | | |")
     if timing:
         print("\n" + ", ".join(f"{k} {v:.0f} s" for k, v in timing.items()))
     out = HERE / "results" / f"formats-{a.shape}.json"

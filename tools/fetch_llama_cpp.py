@@ -522,6 +522,110 @@ _NO_TIED_LM_HEAD = (
      '    if (output == NULL && !llama_jv4_no_lm_head()) {  // jv4 patch: not for an embedder\n')
     for arch in ("qwen2", "qwen2vl"))
 
+# Flash attention's tiled CPU path (prompts of 64+ tokens, F16/F32 KV cache):
+# three of its loops were scalar and took 46 % of the function on a long text
+# (perf, mini shape, 8192 tokens): the transposed F16 -> F32 packing of each
+# K tile (table lookups, strided stores), the mask conversion (per element,
+# with a compare), and the row maximum. On AVX-512 the K tile is converted and
+# transposed 16 x 16 in registers; the mask goes through ggml's vector
+# conversion and its skip test stops at the first visible key; the maximum is
+# 16 lanes at a time. Same values (exact conversions, same products);
+# tests/test_attention.py compares chunked long texts with transformers.
+_OPS = "ggml/src/ggml-cpu/ops.cpp"
+_FA_TILED = (
+    _insert_before(_OPS, "static void ggml_compute_forward_flash_attn_ext_tiled(\n", (
+        '#if defined(__AVX512F__)\n'
+        '// jv4 patch: 16 rows of 16 floats become 16 columns (r[j] = element j of every row)\n'
+        'static inline void jv4_transpose_16x16(__m512 r[16]) {\n'
+        '    __m512 t[16];\n'
+        '    for (int i = 0; i < 8; i++) {\n'
+        '        t[2 * i]     = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);\n'
+        '        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);\n'
+        '    }\n'
+        '    __m512 u[16];\n'
+        '    for (int g = 0; g < 4; g++) {\n'
+        '        const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]);\n'
+        '        const __m512d c = _mm512_castps_pd(t[4 * g + 2]), d = _mm512_castps_pd(t[4 * g + 3]);\n'
+        '        u[4 * g + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));\n'
+        '        u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));\n'
+        '        u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));\n'
+        '        u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));\n'
+        '    }\n'
+        '    for (int e = 0; e < 4; e++) {\n'
+        '        const __m512 x0 = _mm512_shuffle_f32x4(u[e], u[4 + e], _MM_SHUFFLE(1, 0, 1, 0));\n'
+        '        const __m512 x1 = _mm512_shuffle_f32x4(u[e], u[4 + e], _MM_SHUFFLE(3, 2, 3, 2));\n'
+        '        const __m512 y0 = _mm512_shuffle_f32x4(u[8 + e], u[12 + e], _MM_SHUFFLE(1, 0, 1, 0));\n'
+        '        const __m512 y1 = _mm512_shuffle_f32x4(u[8 + e], u[12 + e], _MM_SHUFFLE(3, 2, 3, 2));\n'
+        '        r[e]      = _mm512_shuffle_f32x4(x0, y0, _MM_SHUFFLE(2, 0, 2, 0));\n'
+        '        r[4 + e]  = _mm512_shuffle_f32x4(x0, y0, _MM_SHUFFLE(3, 1, 3, 1));\n'
+        '        r[8 + e]  = _mm512_shuffle_f32x4(x1, y1, _MM_SHUFFLE(2, 0, 2, 0));\n'
+        '        r[12 + e] = _mm512_shuffle_f32x4(x1, y1, _MM_SHUFFLE(3, 1, 3, 1));\n'
+        '    }\n'
+        '}\n'
+        '#endif\n'
+        '\n'
+    )),
+    (_OPS,
+     '                    for (int tk = 0; tk < kv_tile; tk++) {\n'
+     '                        mask32[tq * KV_TILE_SZ + tk] = slope * GGML_CPU_FP16_TO_FP32(mp_row[ic + tk]);\n'
+     '                        if (mask32[tq * KV_TILE_SZ + tk] != -INFINITY) {\n'
+     '                            can_skip = false;\n'
+     '                        }\n'
+     '                    }\n',
+     '                    // jv4 patch: ggml\'s vector conversion; the skip test stops at the first visible key\n'
+     '                    float * m_row = mask32 + tq * KV_TILE_SZ;\n'
+     '                    ggml_cpu_fp16_to_fp32(mp_row + ic, m_row, kv_tile);\n'
+     '                    if (slope != 1.0f) {\n'
+     '                        ggml_vec_scale_f32(kv_tile, m_row, slope);\n'
+     '                    }\n'
+     '                    for (int tk = 0; can_skip && tk < kv_tile; tk++) {\n'
+     '                        if (m_row[tk] != -INFINITY) {\n'
+     '                            can_skip = false;\n'
+     '                        }\n'
+     '                    }\n'),
+    (_OPS,
+     '            // Zero-pad the last tile so the GEMM always operates on KV_TILE_SZ columns\n'
+     '            for (int tk = 0; tk < kv_tile; tk++) {\n',
+     '            // Zero-pad the last tile so the GEMM always operates on KV_TILE_SZ columns\n'
+     '            int tk_done = 0;\n'
+     '#if defined(__AVX512F__)\n'
+     '            // jv4 patch: F16 rows 16 at a time, converted and transposed in registers\n'
+     '            if (kv_type == GGML_TYPE_F16 && DK % 16 == 0) {\n'
+     '                for (; tk_done + 16 <= kv_tile; tk_done += 16) {\n'
+     '                    const ggml_fp16_t * rows[16];\n'
+     '                    for (int t = 0; t < 16; t++) {\n'
+     '                        rows[t] = (const ggml_fp16_t *)((const char *)k->data + (ic + tk_done + t)*nbk1 + ik2*nbk2 + ik3*nbk3);\n'
+     '                    }\n'
+     '                    for (int64_t d0 = 0; d0 < DK; d0 += 16) {\n'
+     '                        __m512 r[16];\n'
+     '                        for (int t = 0; t < 16; t++) {\n'
+     '                            r[t] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(rows[t] + d0)));\n'
+     '                        }\n'
+     '                        jv4_transpose_16x16(r);\n'
+     '                        for (int j = 0; j < 16; j++) {\n'
+     '                            _mm512_storeu_ps(K_f32 + (d0 + j) * KV_TILE_SZ + tk_done, r[j]);\n'
+     '                        }\n'
+     '                    }\n'
+     '                }\n'
+     '            }\n'
+     '#endif\n'
+     '            for (int tk = tk_done; tk < kv_tile; tk++) {\n'),
+    (_OPS,
+     '                float tile_max;\n'
+     '                ggml_vec_max_f32(KV_TILE_SZ, &tile_max, kq_row);\n',
+     '                float tile_max;\n'
+     '#if defined(__AVX512F__)\n'
+     '                if (KV_TILE_SZ % 16 == 0) {  // jv4 patch: 16 lanes at a time\n'
+     '                    __m512 mx = _mm512_loadu_ps(kq_row);\n'
+     '                    for (int i = 16; i < KV_TILE_SZ; i += 16) {\n'
+     '                        mx = _mm512_max_ps(mx, _mm512_loadu_ps(kq_row + i));\n'
+     '                    }\n'
+     '                    tile_max = _mm512_reduce_max_ps(mx);\n'
+     '                } else\n'
+     '#endif\n'
+     '                ggml_vec_max_f32(KV_TILE_SZ, &tile_max, kq_row);\n'),
+)
+
 PATCHES = (
     # In embeddings mode llama.cpp still multiplies every output token by the
     # lm_head (vocab 151936 x hidden) and keeps a logits buffer of
@@ -531,7 +635,7 @@ PATCHES = (
     ("src/llama-context.cpp",
      "    bool has_logits     = true;\n",
      "    bool has_logits     = !cparams.embeddings;  // jv4 patch: no logits buffer for embedders\n"),
-) + _KERNEL_PATCHES + _Q8_0_VNNI + _LOADER_CHECKS + _F16_AS_BF16 + _NO_TIED_LM_HEAD
+) + _KERNEL_PATCHES + _Q8_0_VNNI + _FA_TILED + _LOADER_CHECKS + _F16_AS_BF16 + _NO_TIED_LM_HEAD
 
 
 class FetchError(RuntimeError):
