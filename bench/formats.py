@@ -52,17 +52,10 @@ def child_jv4(path: str, texts: list, threads: int) -> dict:
 
 def child_reference(npz: str, shape: str, texts: list, threads: int) -> dict:
     """transformers float32, one text at a time: the fidelity reference."""
-    import numpy as np
-    import torch
-
     import modelgen as mg
+    from run import reference_setup
 
-    torch.set_num_threads(threads)
-    w = dict(np.load(npz))
-    vocab = mg.Vocab()
-    model = mg.reference_model(w, mg.SHAPES[shape], vocab.size, dtype="float32")
-    del w
-    tok = vocab.reference_tokenizer()
+    model, tok = reference_setup(npz, shape, threads, "float32")
     ids = [tok.encode(PREFIX + x, add_special_tokens=False).ids for x in texts]
     return {"vectors": mg.reference_embed(model, ids).tolist()}
 

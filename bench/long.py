@@ -74,18 +74,11 @@ def child_jv4(model: str, length: int, texts: list, threads: int, setting: str) 
 
 
 def child_transformers(npz: str, shape: str, length: int, texts: list, threads: int) -> dict:
-    import numpy as np
     import torch
 
-    import modelgen as mg
-    from run import _rss_mib
+    from run import _rss_mib, reference_setup
 
-    torch.set_num_threads(threads)
-    w = dict(np.load(npz))
-    vocab = mg.Vocab()
-    model = mg.reference_model(w, mg.SHAPES[shape], vocab.size, dtype="bfloat16")
-    del w
-    tok = vocab.reference_tokenizer()
+    model, tok = reference_setup(npz, shape, threads, "bfloat16")
     ids = [tok.encode(PREFIX + x, add_special_tokens=False).ids[:length] for x in texts]
     with torch.inference_mode():
         model(input_ids=torch.tensor([ids[0][:64]]))  # warm-up
@@ -168,7 +161,8 @@ def main() -> int:
     feats = jv4.build_info()["cpu_features"]
     print(f"\nshape {a.shape}, {a.format} ({file_mib:.0f} MiB), {a.threads} threads, {a.tokens} tokens per "
           f"length; ggml CPU features: {' '.join(feats)}\n")
-    print("| setting | tokens a text | jv4 tok/s | vs 512 | peak RSS − file MiB | transformers bf16 tok/s | jv4 / transformers |")
+    print(f"| setting | tokens a text | jv4 tok/s | vs {lengths[0]} | peak RSS − file MiB | transformers bf16 tok/s | "
+          "jv4 / transformers |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for s in settings:
         base = rows.get(f"{s} {lengths[0]}", {}).get("tok_s")

@@ -102,6 +102,22 @@ def child_llama_cpp_python(a, texts):
     return time.perf_counter() - t, _rss_mib()
 
 
+def reference_setup(npz, shape: str, threads: int, dtype: str):
+    """(transformers Qwen2Model holding the npz weights in dtype, the reference
+    tokenizer), torch limited to `threads`."""
+    import numpy as np
+    import torch
+
+    import modelgen as mg
+
+    torch.set_num_threads(threads)
+    w = dict(np.load(npz))
+    vocab = mg.Vocab()
+    model = mg.reference_model(w, mg.SHAPES[shape], vocab.size, dtype=dtype)
+    del w
+    return model, vocab.reference_tokenizer()
+
+
 def child_transformers(a, texts, dtype):
     import numpy as np
     import torch

@@ -132,8 +132,10 @@ class Model(EncodeQueryDocument):
         holds a score matrix of batch_tokens x text length per head.
     kv_cache_type: element type of the KV cache, one of ``jv4.KV_CACHE_TYPES``
         (default None: "f16"). A long text keeps 2 x layers x KV width x
-        tokens of them; the quantized types ("q8_0", ...) need flash
-        attention. Measured in docs/benchmarks.md, "Long texts".
+        tokens of them. "f16", "bf16" and "f32" run llama.cpp's tiled
+        attention; the quantized types ("q8_0", ...) halve the cache or more
+        but need flash attention and run a slower path (v4 shape: q8_0 at
+        0.70 x f16's rate on 512-token texts). docs/benchmarks.md, "Long texts".
 
     Calls are thread-safe (one forward pass at a time per Model) and run
     without the GIL. A bad file raises FileNotFoundError or ModelLoadError;
