@@ -107,8 +107,9 @@ class Model(EncodeQueryDocument):
     repack: let llama.cpp re-lay quantized weights for its CPU kernels
         (True/False; Q8_0 too where the build has AVX512-VNNI). Default None:
         on x86, off for files holding Q4_K or Q2_K weights (faster
-        unrepacked, measured); llama.cpp's default otherwise. When weights are repacked the file is read rather than
-        memory-mapped, so that they are held once. ``info["repack"]`` and
+        unrepacked, measured); llama.cpp's default otherwise. When weights
+        are repacked the file is read rather than memory-mapped, so that
+        they are held once. ``info["repack"]`` and
         ``info["load_mode"]`` say what was chosen.
     n_gpu_layers: in a build with a GPU backend (CUDA, Metal), how many layers
         go to the GPU (default None: all; 0: none). No effect where there is
@@ -133,7 +134,7 @@ class Model(EncodeQueryDocument):
     kv_cache_type: element type of the KV cache, one of ``jv4.KV_CACHE_TYPES``
         (default None: "f16"). A long text keeps 2 x layers x KV width x
         tokens of them. "f16", "bf16" and "f32" run llama.cpp's tiled
-        attention; the quantized types ("q8_0", ...) halve the cache or more
+        attention ("f32" on an F16 cast: twice the memory, same vectors); the quantized types ("q8_0", ...) halve the cache or more
         but need flash attention and run a slower path (v4 shape: q8_0 at
         0.70 x f16's rate on 512-token texts). docs/benchmarks.md, "Long texts".
 
