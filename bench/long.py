@@ -48,13 +48,10 @@ def _texts(length: int, total: int, seed_passages: list) -> list:
     # roughly 4 characters a token for English prose and code docs; doubled for safety
     body = "\n\n".join(seed_passages)
     reps = max(1, (length * 8) // max(1, len(body)) + 1)
-    long_text = "\n\n".join([body] * reps)
-    # different texts: rotate the passages
     out = []
-    for i in range(count):
+    for i in range(count):  # different texts: the passages rotated (i = 0: as they come)
         k = (i * 7) % len(seed_passages)
-        rotated = "\n\n".join(seed_passages[k:] + seed_passages[:k])
-        out.append("\n\n".join([rotated] * reps) if i else long_text)
+        out.append("\n\n".join(["\n\n".join(seed_passages[k:] + seed_passages[:k])] * reps))
     return out
 
 

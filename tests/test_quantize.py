@@ -72,6 +72,13 @@ def test_quantize_types_cover_the_official_release_types():
 _REPACK_FEATURE = {"Q4_K_M": "AVX2", "Q4_0": "AVX2", "Q8_0": "AVX512_VNNI"}
 
 
+def _read_when_repacked(qtype: str) -> bool:
+    """Whether repack=True makes jv4 read (not map) a file of this type: Q4_K
+    and Q4_0 always (scanned as repackable), Q8_0 only where the build's CPU
+    code has AVX512-VNNI (elsewhere nothing repacks it)."""
+    return qtype != "Q8_0" or _REPACK_FEATURE[qtype] in jv4.build_info()["cpu_features"]
+
+
 @pytest.mark.parametrize("qtype", ["Q4_K_M", "Q4_0", "Q8_0"])
 def test_repacked_and_plain_weights_give_the_same_vectors(make_gguf, reference, tmp_path,
                                                           caplog, qtype):
@@ -92,8 +99,7 @@ def test_repacked_and_plain_weights_give_the_same_vectors(make_gguf, reference, 
     with caplog.at_level(logging.DEBUG, logger="jv4"):
         off = jv4.Model(dst, repack=False)
     assert "CPU_REPACK model buffer" not in caplog.text
-    # read when something will be repacked (Q8_0 only with AVX512-VNNI code)
-    read = "read" if has_layout or qtype != "Q8_0" else "mmap"
+    read = "read" if _read_when_repacked(qtype) else "mmap"
     assert (on.info["repack"], on.info["load_mode"]) == (True, read)
     assert (off.info["repack"], off.info["load_mode"]) == (False, "mmap")
     a, b = on.embed(texts), off.embed(texts)
@@ -132,7 +138,7 @@ def test_read_weights_are_held_once(make_gguf, tmp_path, caplog, qtype):
     # second copy of the embeddings; jv4 never computes logits and loads none
     # (fetch-time patch "No tied lm_head copy"). What llama.cpp allocates for
     # weights must be no more than the file holds.
-    if _REPACK_FEATURE[qtype] not in jv4.build_info()["cpu_features"]:
+    if not _read_when_repacked(qtype):
         pytest.skip(f"{qtype} is repacked (so read, not mapped) only where the build's CPU code has "
                     f"{_REPACK_FEATURE[qtype]}")
     dst = tmp_path / f"once-{qtype}.gguf"
