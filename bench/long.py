@@ -11,7 +11,9 @@ tokens is made by joining docstring passages and letting jv4 truncate at
 `max_length=N` (the prefix counts). Each (setting, length) runs in its own
 process; peak RSS is that process's VmHWM. Settings: `default` (llama.cpp
 decides flash attention, F16 KV cache), `no-flash` (flash attention off),
-`flash` (on), `kv-<type>` (KV cache type, flash attention on). transformers
+`flash` (on), `kv-<type>` (KV cache type, flash attention on), `no-repack`
+(weights in the file's layout: llama.cpp's own kernels, e.g. tinyBLAS for
+BF16). transformers
 runs bf16 with SDPA attention (the reference's own implementation) on the
 same token ids.
 """
@@ -34,6 +36,7 @@ SETTINGS = {
     "default": {},
     "flash": {"flash_attn": True},
     "no-flash": {"flash_attn": False},
+    "no-repack": {"repack": False},
     "kv-f16": {"flash_attn": True, "kv_cache_type": "f16"},
     "kv-bf16": {"flash_attn": True, "kv_cache_type": "bf16"},
     "kv-q8_0": {"flash_attn": True, "kv_cache_type": "q8_0"},

@@ -205,3 +205,88 @@ def test_q8_0_vnni_kernel_matches_exact_integer_arithmetic(tmp_path):
     out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout
     assert "mismatches 0" in out.stdout
+
+
+_BF16_HARNESS = r"""
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <vector>
+#define GGML_RESTRICT __restrict__
+typedef struct { uint16_t bits; } ggml_bf16_t;
+KERNEL
+static uint64_t rng = 88172645463325252ull;
+static uint32_t rnd() { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return (uint32_t) rng; }
+static ggml_bf16_t bf16_of(float f) { uint32_t u; memcpy(&u, &f, 4); ggml_bf16_t b; b.bits = (uint16_t) (u >> 16); return b; }
+static double value(ggml_bf16_t b) { uint32_t u = (uint32_t) b.bits << 16; float f; memcpy(&f, &u, 4); return f; }
+int main() {
+    int bad = 0;
+    // (columns, weight rows, tokens): one column pair; v4's widths; token
+    // counts that leave every tail (12, 4, 1 at a time); 16-row remainders
+    const int shapes[][3] = {{2, 16, 1}, {64, 32, 12}, {2048, 48, 13}, {11008, 32, 4}, {256, 16, 29}, {96, 80, 20}};
+    for (auto & sh : shapes) {
+        const int n = sh[0], nc = sh[1], nr = sh[2];
+        for (int ints = 0; ints < 2; ints++) {  // ints: small integers, every sum exact in fp32
+            std::vector<ggml_bf16_t> W((size_t) nc * n), A((size_t) nr * n), Wr((size_t) nc * n);
+            for (auto & v : W) v = bf16_of(ints ? (float) ((int) (rnd() % 17) - 8) : ((float) (rnd() % 20001) - 10000.0f) / 3333.0f);
+            for (auto & v : A) v = bf16_of(ints ? (float) ((int) (rnd() % 17) - 8) : ((float) (rnd() % 20001) - 10000.0f) / 777.0f);
+            jv4_repack_bf16_16x2(W.data(), Wr.data(), nc, n);
+            const size_t bs = nc + 3;  // a row stride wider than the tile
+            std::vector<float> S((size_t) nr * bs, NAN), G((size_t) nr * bs, NAN);
+            jv4_gemm_bf16_16x2(n, S.data(), bs, Wr.data(), A.data(), nr, nc);
+            for (int t = 0; t < nr; t++)  // one token at a time, as llama.cpp's gemv
+                jv4_gemm_bf16_16x2(n, G.data() + (size_t) t * bs, 0, Wr.data(), A.data() + (size_t) t * n, 1, nc);
+            double worst = 0;
+            for (int t = 0; t < nr; t++) for (int c = 0; c < nc; c++) {
+                double ref = 0, mag = 0;
+                for (int q = 0; q < n; q++) {
+                    const double prod = value(W[(size_t) c * n + q]) * value(A[(size_t) t * n + q]);
+                    ref += prod;
+                    mag += fabs(prod);
+                }
+                for (int which = 0; which < 2; which++) {
+                    const double got = (which ? G : S)[(size_t) t * bs + c];
+                    const double err = fabs(got - ref) / (mag > 0 ? mag : 1);
+                    if (err > worst) worst = err;
+                    if ((ints && got != ref) || !(err <= 1e-5)) {
+                        if (bad++ < 5) printf("n=%d nc=%d nr=%d ints=%d %s token %d row %d: %.9g, exact %.9g\n",
+                                              n, nc, nr, ints, which ? "one token" : "gemm", t, c, got, ref);
+                    }
+                }
+            }
+            for (int t = 0; t < nr; t++) for (int c = nc; c < (int) bs; c++)
+                if (S[(size_t) t * bs + c] == S[(size_t) t * bs + c] && bad++ < 5) printf("wrote outside the tile\n");
+            printf("n=%d nc=%d nr=%d ints=%d worst relative error %.3g\n", n, nc, nr, ints, worst);
+        }
+    }
+    printf("mismatches %d\n", bad);
+    return bad != 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="needs a C++ compiler (c++)")
+@pytest.mark.skipif(not all(_cpu_has(f) for f in ("avx512f", "avx512bw", "avx512_bf16")),
+                    reason="needs a CPU with AVX512-BF16 to run the kernel")
+def test_bf16_dot_product_kernel_matches_exact_sums(tmp_path):
+    # The patch "BF16 weights for AVX512-BF16": repacking and the tiled
+    # vdpbf16ps GEMM (12, 4 and 1 tokens at a time; 32- and 16-row blocks)
+    # against the same dot products summed in double precision. Small
+    # integer values make every sum exact, so the results must be equal;
+    # otherwise within float rounding (1e-5 of the sum of the terms'
+    # magnitudes).
+    source = (GGML / "ggml-cpu" / "repack.cpp").read_text(encoding="utf-8")
+    begin, end = "// jv4-bf16-dp kernel begin", "// jv4-bf16-dp kernel end"
+    assert begin in source and end in source, "the BF16 kernel is missing from the vendored tree"
+    kernel = source[source.index(begin):source.index(end)]
+    assert "_mm512_dpbf16_ps" in kernel
+    program = tmp_path / "bf16_dp.cpp"
+    program.write_text(_BF16_HARNESS.replace("KERNEL", kernel, 1))
+    exe = tmp_path / "bf16_dp"
+    subprocess.run(["c++", "-O2", "-std=c++17", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16",
+                    "-o", str(exe), str(program)], check=True)
+    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout
+    assert "mismatches 0" in out.stdout

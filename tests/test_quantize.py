@@ -67,23 +67,31 @@ def test_quantize_types_cover_the_official_release_types():
         assert t in jv4.QUANT_TYPES
 
 
-# the build feature each type's x86 repacked layout needs (Q8_0: jv4's
-# fetch-time patch "Q8_0 weights for AVX512-VNNI")
-_REPACK_FEATURE = {"Q4_K_M": "AVX2", "Q4_0": "AVX2", "Q8_0": "AVX512_VNNI"}
+# the build feature each type's x86 repacked layout needs (Q8_0, BF16: jv4's
+# fetch-time patches "Q8_0 weights for AVX512-VNNI" and "BF16 weights for
+# AVX512-BF16"; F16 is held as BF16 where the build has AVX512-BF16)
+_REPACK_FEATURE = {"Q4_K_M": "AVX2", "Q4_0": "AVX2", "Q8_0": "AVX512_VNNI", "BF16": "AVX512_BF16",
+                   "F16": "AVX512_BF16"}
+
+
+def _has(feature: str) -> bool:
+    return feature in jv4.build_info()["cpu_features"]
 
 
 def _read_when_repacked(qtype: str) -> bool:
     """Whether repack=True makes jv4 read (not map) a file of this type: Q4_K
-    and Q4_0 always (scanned as repackable), Q8_0 only where the build's CPU
-    code has AVX512-VNNI (elsewhere nothing repacks it)."""
-    return qtype != "Q8_0" or _REPACK_FEATURE[qtype] in jv4.build_info()["cpu_features"]
+    and Q4_0 always (scanned as repackable); Q8_0, BF16 and F16 only where the
+    build's CPU code has the feature their layout needs (elsewhere nothing
+    repacks them)."""
+    return qtype in ("Q4_K_M", "Q4_0") or _has(_REPACK_FEATURE[qtype])
 
 
-@pytest.mark.parametrize("qtype", ["Q4_K_M", "Q4_0", "Q8_0"])
+@pytest.mark.parametrize("qtype", ["Q4_K_M", "Q4_0", "Q8_0", "BF16", "F16"])
 def test_repacked_and_plain_weights_give_the_same_vectors(make_gguf, reference, tmp_path,
                                                           caplog, qtype):
-    # Q4_K, Q4_0 and (AVX512-VNNI builds) Q8_0 have CPU repacked layouts; the
-    # two kernels must agree with each other and with the float reference.
+    # Q4_K, Q4_0, (AVX512-VNNI builds) Q8_0 and (AVX512-BF16 builds) BF16 and
+    # F16 held as BF16 have CPU repacked layouts; the two kernels must agree
+    # with each other and with the float reference.
     # 41 texts: the repacked kernels take tokens four at a time, the rest one
     # by one (both paths run).
     dst = tmp_path / f"r-{qtype}.gguf"
@@ -92,7 +100,7 @@ def test_repacked_and_plain_weights_give_the_same_vectors(make_gguf, reference, 
     ref = reference(texts, "Query: ")
     with caplog.at_level(logging.DEBUG, logger="jv4"):
         on = jv4.Model(dst, repack=True)
-    has_layout = _REPACK_FEATURE[qtype] in jv4.build_info()["cpu_features"]
+    has_layout = _has(_REPACK_FEATURE[qtype])
     if has_layout:
         assert "CPU_REPACK" in caplog.text, "repack=True did not repack"
     caplog.clear()
@@ -100,9 +108,16 @@ def test_repacked_and_plain_weights_give_the_same_vectors(make_gguf, reference, 
         off = jv4.Model(dst, repack=False)
     assert "CPU_REPACK model buffer" not in caplog.text
     read = "read" if _read_when_repacked(qtype) else "mmap"
+    # an F16 file held as BF16 is read whether or not it is repacked
+    off_read = "read" if qtype == "F16" and _has("AVX512_BF16") else "mmap"
     assert (on.info["repack"], on.info["load_mode"]) == (True, read)
-    assert (off.info["repack"], off.info["load_mode"]) == (False, "mmap")
+    assert (off.info["repack"], off.info["load_mode"]) == (False, off_read)
     a, b = on.embed(texts), off.embed(texts)
+    if qtype in ("BF16", "F16"):
+        # the same exact products, summed in another order
+        assert cosines(a, b).min() > 0.999999
+        assert cosines(a, ref).min() > 0.9999 and cosines(b, ref).min() > 0.9999
+        return
     assert cosines(a, b).min() > 0.9999  # measured 0.99999 (Q4_K_M), 0.999998 (Q4_0), 0.999996 (Q8_0)
     assert cosines(a, ref).min() > 0.95 and cosines(b, ref).min() > 0.95  # measured 0.975-0.984; Q8_0 0.9998
 
@@ -110,7 +125,7 @@ def test_repacked_and_plain_weights_give_the_same_vectors(make_gguf, reference, 
 def test_repacking_by_default_only_where_it_measured_faster(make_gguf, tmp_path):
     src = make_gguf("qwen2", "retrieval", "F32")
     chosen = {}
-    for qtype in ("Q4_K_M", "Q4_0", "Q8_0"):
+    for qtype in ("Q4_K_M", "Q4_0", "Q8_0", "BF16"):
         dst = tmp_path / f"d-{qtype}.gguf"
         jv4.quantize(src, dst, qtype)
         info = jv4.Model(dst).info
@@ -118,11 +133,13 @@ def test_repacking_by_default_only_where_it_measured_faster(make_gguf, tmp_path)
     # x86: Q4_K faster unrepacked; elsewhere llama.cpp's default (repacked,
     # so read). Q4_0: repacked (and read, so held once). Q8_0: repacked (so
     # read) where the build's CPU code has AVX512-VNNI; elsewhere no repacked
-    # layout is used for it and it stays memory-mapped.
+    # layout is used for it and it stays memory-mapped. BF16 likewise with
+    # AVX512-BF16.
     x86 = platform.machine().lower() in ("x86_64", "amd64")
     q4k = (False, "mmap") if x86 else (True, "read")
-    q8 = "read" if "AVX512_VNNI" in jv4.build_info()["cpu_features"] else "mmap"
-    assert chosen == {"Q4_K_M": q4k, "Q4_0": (True, "read"), "Q8_0": (True, q8)}
+    q8 = "read" if _has("AVX512_VNNI") else "mmap"
+    bf16 = "read" if _has("AVX512_BF16") else "mmap"
+    assert chosen == {"Q4_K_M": q4k, "Q4_0": (True, "read"), "Q8_0": (True, q8), "BF16": (True, bf16)}
 
 
 def test_repack_must_be_a_bool_or_none(make_gguf):
@@ -130,7 +147,7 @@ def test_repack_must_be_a_bool_or_none(make_gguf):
         jv4.Model(make_gguf(), repack="yes")
 
 
-@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0"])
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "BF16", "F16"])
 def test_read_weights_are_held_once(make_gguf, tmp_path, caplog, qtype):
     # The test model ties its lm_head to token_embd (as v4 does). llama.cpp
     # makes the lm_head a second tensor when its buffer type differs from

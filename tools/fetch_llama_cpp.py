@@ -490,6 +490,165 @@ _Q8_0_VNNI = (
      '#endif\n'),
 )
 
+# BF16 weights for AVX512-BF16 (and F16 weights, which jv4 holds as BF16 on
+# such CPUs). llama.cpp multiplied BF16 weights in llamafile's tinyBLAS: one
+# accumulator per (weight row, token), rows read in place, a horizontal sum
+# per result. On the v4 shape it ran a 512-token text at 0.78 x transformers
+# bf16 (torch's GEMM). Here BF16 matrices (rows a multiple of 16) are
+# repacked at load, 16 rows interleaved by pairs of columns, so one 512-bit
+# vdpbf16ps multiplies a pair of columns of 16 rows by the same pair of one
+# token (broadcast): 12 tokens x 32 rows a tile, results stored as they are,
+# no horizontal sums. Same bytes as the file; the activations are the BF16
+# rows llama.cpp already makes. The products are exact in fp32 as before;
+# only the order of the sums differs. Only in builds whose CPU code has
+# AVX512-BF16 (other levels keep tinyBLAS). tests/test_kernels.py compiles the
+# kernel block on its own against double-precision sums; tests/test_quantize.py
+# compares repacked and unrepacked BF16 and F16 models.
+_BF16_DP_KERNEL = r"""
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+#define JV4_BF16_DP 1
+// jv4 patch: BF16 weights for AVX512-BF16 (see jv4's tools/fetch_llama_cpp.py)
+// jv4-bf16-dp kernel begin
+// 16 rows of k columns interleaved by column pairs: for row block b and pair
+// p, out[(b * k/2 + p) * 32 + 2 * r + i] = in[(16 * b + r) * k + 2 * p + i].
+static void jv4_repack_bf16_16x2(const ggml_bf16_t * GGML_RESTRICT in, ggml_bf16_t * GGML_RESTRICT out,
+                                 int64_t nrow, int64_t k) {
+    for (int64_t b = 0; b < nrow / 16; b++) {
+        const ggml_bf16_t * src = in + b * 16 * k;
+        ggml_bf16_t * dst = out + b * 16 * k;
+        for (int64_t p = 0; p < k / 2; p++) {
+            for (int r = 0; r < 16; r++) {
+                memcpy(dst + (p * 16 + r) * 2, src + r * k + 2 * p, 2 * sizeof(ggml_bf16_t));
+            }
+        }
+    }
+}
+
+static inline int32_t jv4_load_pair(const ggml_bf16_t * p) {
+    int32_t v;
+    memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+// NT tokens x NW blocks of 16 rows, all kp column pairs; the loops over
+// tokens and blocks are unrolled so the accumulators stay in registers
+// (GCC at -O2 kept them on the stack: 0.37 x the rate)
+#if defined(__GNUC__)
+#define JV4_UNROLL _Pragma("GCC unroll 16")
+#else
+#define JV4_UNROLL
+#endif
+template <int NT, int NW>
+static inline void jv4_bf16_dp_tile(int64_t kp, const ggml_bf16_t * GGML_RESTRICT w, size_t wstride,
+                                    const ggml_bf16_t * GGML_RESTRICT a, size_t astride,
+                                    float * GGML_RESTRICT s, size_t bs) {
+    __m512 acc[NT][NW];
+    JV4_UNROLL
+    for (int t = 0; t < NT; t++) {
+        JV4_UNROLL
+        for (int j = 0; j < NW; j++) {
+            acc[t][j] = _mm512_setzero_ps();
+        }
+    }
+    for (int64_t p = 0; p < kp; p++) {
+        __m512bh wv[NW];
+        JV4_UNROLL
+        for (int j = 0; j < NW; j++) {
+            wv[j] = (__m512bh) _mm512_loadu_si512((const void *) (w + j * wstride + p * 32));
+        }
+        JV4_UNROLL
+        for (int t = 0; t < NT; t++) {
+            const __m512bh b = (__m512bh) _mm512_set1_epi32(jv4_load_pair(a + t * astride + 2 * p));
+            JV4_UNROLL
+            for (int j = 0; j < NW; j++) {
+                acc[t][j] = _mm512_dpbf16_ps(acc[t][j], wv[j], b);
+            }
+        }
+    }
+    JV4_UNROLL
+    for (int t = 0; t < NT; t++) {
+        JV4_UNROLL
+        for (int j = 0; j < NW; j++) {
+            _mm512_storeu_ps(s + t * bs + j * 16, acc[t][j]);
+        }
+    }
+}
+
+template <int NW>
+static inline void jv4_bf16_dp_rows(int64_t kp, const ggml_bf16_t * w, size_t wstride, const ggml_bf16_t * a,
+                                    size_t astride, float * s, size_t bs, int nr) {
+    int y = 0;
+    for (; y + 12 <= nr; y += 12) {
+        jv4_bf16_dp_tile<12, NW>(kp, w, wstride, a + y * astride, astride, s + y * bs, bs);
+    }
+    for (; y + 4 <= nr; y += 4) {
+        jv4_bf16_dp_tile<4, NW>(kp, w, wstride, a + y * astride, astride, s + y * bs, bs);
+    }
+    for (; y < nr; y++) {
+        jv4_bf16_dp_tile<1, NW>(kp, w, wstride, a + y * astride, astride, s + y * bs, bs);
+    }
+}
+
+// nr tokens (BF16 rows of n) x nc weight rows (a multiple of 16, repacked)
+static void jv4_gemm_bf16_16x2(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx,
+                               const void * GGML_RESTRICT vy, int nr, int nc) {
+    const int64_t kp = n / 2;
+    const size_t wstride = (size_t) kp * 32;  // one block of 16 rows
+    const ggml_bf16_t * w = (const ggml_bf16_t *) vx;
+    const ggml_bf16_t * a = (const ggml_bf16_t *) vy;
+    int x = 0;
+    for (; x + 32 <= nc; x += 32) {
+        jv4_bf16_dp_rows<2>(kp, w + (x / 16) * wstride, wstride, a, n, s + x, bs, nr);
+    }
+    for (; x < nc; x += 16) {
+        jv4_bf16_dp_rows<1>(kp, w + (x / 16) * wstride, wstride, a, n, s + x, bs, nr);
+    }
+}
+// jv4-bf16-dp kernel end
+
+}  // namespace ggml::cpu::repack (the activations' conversion is a global template)
+template <> void ggml_quantize_mat_t<2, GGML_TYPE_BF16>(const float * GGML_RESTRICT x, void * GGML_RESTRICT vy, int64_t nrow, int64_t n_per_row) {
+    ggml_cpu_fp32_to_bf16(x, (ggml_bf16_t *) vy, nrow * n_per_row);  // rows are contiguous on both sides
+}
+namespace ggml::cpu::repack {
+
+template <> int repack<ggml_bf16_t, 2, 16>(struct ggml_tensor * t, const void * data, size_t data_size) {
+    GGML_ASSERT(t->type == GGML_TYPE_BF16);
+    const int64_t nrow = ggml_nrows(t);
+    GGML_ASSERT(data_size == (size_t) nrow * t->ne[0] * sizeof(ggml_bf16_t));
+    if (t->ne[1] % 16 != 0 || t->ne[0] % 2 != 0) {
+        return -1;
+    }
+    jv4_repack_bf16_16x2((const ggml_bf16_t *) data, (ggml_bf16_t *) t->data, nrow, t->ne[0]);
+    return 0;
+}
+
+template <> void gemv<ggml_bf16_t, 2, 16, GGML_TYPE_BF16>(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc) {
+    jv4_gemm_bf16_16x2(n, s, bs, vx, vy, 1, nc);
+    GGML_UNUSED(nr);
+}
+
+template <> void gemm<ggml_bf16_t, 2, 16, GGML_TYPE_BF16>(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc) {
+    jv4_gemm_bf16_16x2(n, s, bs, vx, vy, nr, nc);
+}
+#endif  // jv4 patch: BF16 weights for AVX512-BF16
+"""
+_BF16_DP = (
+    (_REPACK,
+     '#endif  // jv4 patch: Q8_0 weights for AVX512-VNNI\n',
+     '#endif  // jv4 patch: Q8_0 weights for AVX512-VNNI\n' + _BF16_DP_KERNEL),
+    (_REPACK,
+     '    // instance for Q4\n',
+     '#if defined(JV4_BF16_DP)\n'
+     '    // jv4 patch: BF16 weights for AVX512-BF16\n'
+     '    static const ggml::cpu::repack::tensor_traits<ggml_bf16_t, 2, 16, GGML_TYPE_BF16> jv4_bf16_16x2;\n'
+     '    if (cur->type == GGML_TYPE_BF16) {\n'
+     '        return cur->ne[1] % 16 == 0 && cur->ne[0] % 2 == 0 ? &jv4_bf16_16x2 : nullptr;\n'
+     '    }\n'
+     '#endif\n'
+     '    // instance for Q4\n'),
+)
+
 # No tied lm_head copy. A Qwen2 file without output.weight (v4's: tied to the
 # token embeddings) gets a second tensor over token_embd for the lm_head. Under
 # mmap both share the file's pages; when weights are read (repacked or F16 as
@@ -664,7 +823,7 @@ PATCHES = (
     ("src/llama-context.cpp",
      "    bool has_logits     = true;\n",
      "    bool has_logits     = !cparams.embeddings;  // jv4 patch: no logits buffer for embedders\n"),
-) + _KERNEL_PATCHES + _Q8_0_VNNI + _FA_TILED + _LOADER_CHECKS + _F16_AS_BF16 + _NO_TIED_LM_HEAD
+) + _KERNEL_PATCHES + _Q8_0_VNNI + _BF16_DP + _FA_TILED + _LOADER_CHECKS + _F16_AS_BF16 + _NO_TIED_LM_HEAD
 
 
 class FetchError(RuntimeError):

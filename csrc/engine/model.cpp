@@ -129,7 +129,7 @@ namespace {
 
 struct WeightTypes {
   bool repackable = false;         // some tensor has a CPU repacked layout (x86: Q4_0, IQ4_NL, Q4_K, Q2_K;
-                                   // Q8_0 with AVX512-VNNI)
+                                   // Q8_0 with AVX512-VNNI; BF16 with AVX512-BF16)
   bool repack_is_slower = false;   // ...and it is one measured slower repacked
   bool f16_matrix = false;         // some 2-D tensor is F16
 };
@@ -165,6 +165,11 @@ WeightTypes scan_weight_types(const std::string& path) {
         // jv4's fetch-time patch "Q8_0 weights for AVX512-VNNI" repacks these
         // where the build's CPU code has AVX512-VNNI (tools/fetch_llama_cpp.py)
         if (ggml_cpu_has_avx512_vnni()) wt.repackable = true;
+        break;
+      case GGML_TYPE_BF16:
+        // ...and "BF16 weights for AVX512-BF16" these (F16 ones too, when held
+        // as BF16: see Model::Model)
+        if (ggml_cpu_has_avx512_bf16()) wt.repackable = true;
         break;
       default:
         break;
@@ -249,8 +254,18 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
     mp.main_gpu = *opts.main_gpu;
     mp.split_mode = LLAMA_SPLIT_MODE_NONE;  // the whole model on that one GPU
   }
-  const WeightTypes wt = scan_weight_types(path);
+  WeightTypes wt = scan_weight_types(path);
   take_thread_errors();  // a bad header is reported by the loader below
+  // F16 matrices as BF16 (fetch-time patch "F16 weights as BF16"): where the
+  // CPU code has AVX512-BF16 the BF16 kernels ran the v4 shape 1.45 x faster
+  // than F16's (docs/benchmarks.md). Only for CPU-held weights; the file is
+  // then read, not mapped (a converted tensor is a copy).
+  const bool cpu_only = n_gpus == 0 || mp.n_gpu_layers == 0;
+  f16_as_bf16_ = wt.f16_matrix && opts.f16_as_bf16.value_or(ggml_cpu_has_avx512_bf16() != 0 && cpu_only);
+  if (f16_as_bf16_) {
+    mp.load_mode = LLAMA_LOAD_MODE_NONE;
+    if (ggml_cpu_has_avx512_bf16()) wt.repackable = true;  // held as BF16, so repacked as BF16
+  }
   repack_ = opts.repack.value_or(!wt.repack_is_slower);
   mp.use_extra_bufts = repack_;
   if (repack_ && wt.repackable) {
@@ -259,13 +274,6 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
     // Q4_K_M peaked at file + 1.4 GiB instead of file + 0.2. Read instead.
     mp.load_mode = LLAMA_LOAD_MODE_NONE;
   }
-  // F16 matrices as BF16 (fetch-time patch "F16 weights as BF16"): where the
-  // CPU code has AVX512-BF16 the BF16 kernels ran the v4 shape 1.45 x faster
-  // than F16's (docs/benchmarks.md). Only for CPU-held weights; the file is
-  // then read, not mapped (a converted tensor is a copy).
-  const bool cpu_only = n_gpus == 0 || mp.n_gpu_layers == 0;
-  f16_as_bf16_ = wt.f16_matrix && opts.f16_as_bf16.value_or(ggml_cpu_has_avx512_bf16() != 0 && cpu_only);
-  if (f16_as_bf16_) mp.load_mode = LLAMA_LOAD_MODE_NONE;
   load_mode_ = mp.load_mode == LLAMA_LOAD_MODE_MMAP ? "mmap" : "read";
   struct F16Switch {  // thread-local in the loader: set for this load only
     explicit F16Switch(bool on) { llama_jv4_set_f16_as_bf16(on); }
