@@ -290,3 +290,112 @@ def test_bf16_dot_product_kernel_matches_exact_sums(tmp_path):
     out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout
     assert "mismatches 0" in out.stdout
+
+
+_FA_DP_HARNESS = r"""
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <vector>
+typedef struct { uint16_t bits; } ggml_bf16_t;
+KERNEL
+static uint64_t rng = 88172645463325252ull;
+static uint32_t rnd() { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return (uint32_t) rng; }
+static ggml_bf16_t bf16_of(float f) { uint32_t u; memcpy(&u, &f, 4); ggml_bf16_t b; b.bits = (uint16_t) (u >> 16); return b; }
+static ggml_bf16_t bf16_rne(float f) { uint32_t u; memcpy(&u, &f, 4); ggml_bf16_t b; b.bits = (uint16_t) ((u + 0x7fff + ((u >> 16) & 1)) >> 16); return b; }
+static double value(ggml_bf16_t b) { uint32_t u = (uint32_t) b.bits << 16; float f; memcpy(&f, &u, 4); return f; }
+static float draw(int ints, float scale) { return ints ? (float) ((int) (rnd() % 17) - 8) : ((float) (rnd() % 20001) - 10000.0f) / scale; }
+int main() {
+    int bad = 0;
+    const int NQ = 64, KV = 64, D = 128, HEADS = 2;  // llama.cpp's tile sizes, v4's head width
+    const size_t nb1 = (size_t) HEADS * D * 2;        // rows of one head in a cache of two
+    const int tiles[] = {64, 48, 37, 1};              // full, 16-row multiple, ragged, one key
+    for (int kv_tile : tiles) {
+        for (int ints = 0; ints < 2; ints++) {
+            std::vector<ggml_bf16_t> Q((size_t) NQ * D), K((size_t) kv_tile * HEADS * D), V((size_t) kv_tile * HEADS * D);
+            for (auto & x : Q) x = bf16_of(draw(ints, 5000.0f));
+            for (auto & x : K) x = bf16_of(draw(ints, 5000.0f));
+            for (auto & x : V) x = bf16_of(draw(ints, 5000.0f));
+            const char * k0 = (const char *) K.data() + D * 2;  // the second head
+            const char * v0 = (const char *) V.data() + D * 2;
+            std::vector<int32_t> kp((size_t) D / 2 * KV, 0x7fc07fc0), vp((size_t) KV / 2 * D, 0x7fc07fc0);  // NaN pairs
+            std::vector<float> kq((size_t) NQ * KV, NAN);
+            jv4_fa_dp_pack_k(kp.data(), k0, nb1, D, kv_tile, KV);
+            jv4_fa_dp_qk(kq.data(), Q.data(), kp.data(), NQ, D, KV);
+            double worst = 0;
+            for (int q = 0; q < NQ; q++) for (int t = 0; t < KV; t++) {
+                double ref = 0, mag = 0;
+                for (int d = 0; t < kv_tile && d < D; d++) {
+                    const double prod = value(Q[(size_t) q * D + d]) * value(*(const ggml_bf16_t *) (k0 + t * nb1 + d * 2));
+                    ref += prod;
+                    mag += fabs(prod);
+                }
+                const double got = kq[(size_t) q * KV + t], err = fabs(got - ref) / (mag > 0 ? mag : 1);
+                if (err > worst) worst = err;
+                if ((ints && got != ref) || !(err <= 1e-5)) {
+                    if (bad++ < 5) printf("QK kv_tile=%d ints=%d q=%d t=%d: %.9g, exact %.9g\n", kv_tile, ints, q, t, got, ref);
+                }
+            }
+            // softmax weights (any floats here; every key, padded ones included)
+            std::vector<float> P((size_t) NQ * KV), vkq((size_t) NQ * D), vkq0;
+            for (auto & x : P) x = ints ? (float) (rnd() % 9) : (float) (rnd() % 100001) / 100000.0f;
+            for (auto & x : vkq) x = draw(ints, 100.0f);
+            vkq0 = vkq;
+            std::vector<float> pb = P;
+            jv4_fa_dp_rows_to_bf16(pb.data(), NQ, KV);
+            jv4_fa_dp_pack_v(vp.data(), v0, nb1, D, kv_tile, KV);
+            jv4_fa_dp_pv(vkq.data(), pb.data(), vp.data(), NQ, D, KV);
+            for (int q = 0; q < NQ; q++) {
+                for (int t = 0; t < KV; t++) {
+                    const ggml_bf16_t h = ((const ggml_bf16_t *) (pb.data() + (size_t) q * KV))[t];
+                    if (h.bits != bf16_rne(P[(size_t) q * KV + t]).bits && bad++ < 5) printf("P rounding q=%d t=%d\n", q, t);
+                }
+                for (int d = 0; d < D; d++) {
+                    double ref = vkq0[(size_t) q * D + d], mag = fabs(ref);
+                    for (int t = 0; t < kv_tile; t++) {
+                        const double prod = value(bf16_rne(P[(size_t) q * KV + t])) * value(*(const ggml_bf16_t *) (v0 + t * nb1 + d * 2));
+                        ref += prod;
+                        mag += fabs(prod);
+                    }
+                    const double got = vkq[(size_t) q * D + d], err = fabs(got - ref) / (mag > 0 ? mag : 1);
+                    if (err > worst) worst = err;
+                    if ((ints && got != ref) || !(err <= 1e-5)) {
+                        if (bad++ < 5) printf("PV kv_tile=%d ints=%d q=%d d=%d: %.9g, exact %.9g\n", kv_tile, ints, q, d, got, ref);
+                    }
+                }
+            }
+            printf("kv_tile=%d ints=%d worst relative error %.3g\n", kv_tile, ints, worst);
+        }
+    }
+    printf("mismatches %d\n", bad);
+    return bad != 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="needs a C++ compiler (c++)")
+@pytest.mark.skipif(not all(_cpu_has(f) for f in ("avx512f", "avx512bw", "avx512_bf16")),
+                    reason="needs a CPU with AVX512-BF16 to run the kernel")
+def test_flash_attention_bf16_helpers_match_exact_sums(tmp_path):
+    # Flash attention's BF16 path: K packed by column pairs and Q x K^T, the
+    # softmax weights rounded to BF16 (nearest even), V packed by row pairs
+    # and P x V added to the output, for full, 16-multiple, ragged and
+    # one-key tiles of one head in a two-head cache (keys past the tile must
+    # count as zero even where the scratch held NaNs). Integer values: exact;
+    # otherwise within 1e-5 of the sum of the terms' magnitudes.
+    source = (GGML / "ggml-cpu" / "ops.cpp").read_text(encoding="utf-8")
+    begin, end = "// jv4 patch: 16 rows of 16 floats become 16 columns", "// jv4-fa-dp kernel end"
+    assert begin in source and end in source, "the flash-attention BF16 helpers are missing from the vendored tree"
+    kernel = source[source.index(begin):source.index(end)]
+    assert "_mm512_dpbf16_ps" in kernel and "JV4_FA_DP" in kernel
+    program = tmp_path / "fa_dp.cpp"
+    # (the text opens inside an #if defined(__AVX512F__) block and ends inside another)
+    program.write_text(_FA_DP_HARNESS.replace("KERNEL", "#if 1\n" + kernel + "\n#endif\n", 1))
+    exe = tmp_path / "fa_dp"
+    subprocess.run(["c++", "-O2", "-std=c++17", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16",
+                    "-o", str(exe), str(program)], check=True)
+    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout
+    assert "mismatches 0" in out.stdout

@@ -691,6 +691,150 @@ _NO_TIED_LM_HEAD = (
 # 16 lanes at a time. Same values (exact conversions, same products);
 # tests/test_attention.py compares chunked long texts with transformers.
 _OPS = "ggml/src/ggml-cpu/ops.cpp"
+
+# A BF16 KV cache multiplied with vdpbf16ps in flash attention's tiled path
+# (part of _FA_TILED below): Q and the softmax weights are rounded to BF16
+# (the reference's own bf16 attention does the same), K and V stay as cached;
+# 64 multiply-adds per instruction where the F32 path has 32 (perf: the F32
+# path's FMAs were the whole of attention on long texts after the patches
+# above). Sums and the softmax stay F32. Only a BF16 cache takes it;
+# tests/test_kernels.py checks the helpers against double-precision sums and
+# tests/test_attention.py the whole path against transformers.
+_FA_DP_HELPERS = r"""#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512BF16__)
+#define JV4_FA_DP 1
+// jv4-fa-dp kernel begin
+// K tile as column pairs: kp[p * KV + t] = elements (2p, 2p + 1) of key t,
+// zero for keys past kv_tile (rows of BF16, nbk1 bytes apart)
+static void jv4_fa_dp_pack_k(int32_t * kp, const char * k0, size_t nbk1, int64_t DK, int kv_tile, int KV) {
+    int t = 0;
+    for (; t + 16 <= kv_tile; t += 16) {
+        for (int64_t d0 = 0; d0 < DK; d0 += 32) {
+            __m512 r[16];
+            for (int i = 0; i < 16; i++) {
+                r[i] = _mm512_castsi512_ps(_mm512_loadu_si512((const void *) (k0 + (t + i) * nbk1 + d0 * 2)));
+            }
+            jv4_transpose_16x16(r);
+            for (int j = 0; j < 16; j++) {
+                _mm512_storeu_ps((float *) (kp + (d0 / 2 + j) * KV + t), r[j]);
+            }
+        }
+    }
+    for (; t < KV; t++) {
+        for (int64_t p = 0; p < DK / 2; p++) {
+            int32_t pair = 0;
+            if (t < kv_tile) {
+                memcpy(&pair, k0 + t * nbk1 + p * 4, 4);
+            }
+            kp[p * KV + t] = pair;
+        }
+    }
+}
+
+// V tile as row pairs: vp[u * DV + d] = (V[2u][d], V[2u + 1][d]), zero past kv_tile
+static void jv4_fa_dp_pack_v(int32_t * vp, const char * v0, size_t nbv1, int64_t DV, int kv_tile, int KV) {
+    for (int u = 0; u < KV / 2; u++) {
+        for (int64_t d = 0; d < DV; d += 16) {
+            __m512i lo = _mm512_setzero_si512();
+            __m512i hi = _mm512_setzero_si512();
+            if (2 * u < kv_tile) {
+                lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *) (v0 + (2 * u) * nbv1 + d * 2)));
+            }
+            if (2 * u + 1 < kv_tile) {
+                hi = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *) (v0 + (2 * u + 1) * nbv1 + d * 2)));
+            }
+            _mm512_storeu_si512((void *) (vp + u * DV + d), _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+        }
+    }
+}
+
+static inline int32_t jv4_fa_dp_pair(const void * p) {
+    int32_t v;
+    memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+// kq[q][t] = sum over d of Q[q][d] K[t][d] for nq (a multiple of 4) BF16 rows
+// of Q and KV (a multiple of 64) keys packed by jv4_fa_dp_pack_k
+static void jv4_fa_dp_qk(float * kq, const ggml_bf16_t * qb, const int32_t * kp, int nq, int64_t DK, int KV) {
+    for (int q0 = 0; q0 < nq; q0 += 4) {
+        for (int j = 0; j < KV; j += 64) {
+            __m512 acc[4][4];
+            for (int i = 0; i < 4; i++) {
+                for (int r = 0; r < 4; r++) {
+                    acc[i][r] = _mm512_setzero_ps();
+                }
+            }
+            for (int64_t p = 0; p < DK / 2; p++) {
+                __m512bh kv[4];
+                for (int r = 0; r < 4; r++) {
+                    kv[r] = (__m512bh) _mm512_loadu_si512((const void *) (kp + p * KV + j + 16 * r));
+                }
+                for (int i = 0; i < 4; i++) {
+                    const __m512bh b = (__m512bh) _mm512_set1_epi32(jv4_fa_dp_pair(qb + (q0 + i) * DK + 2 * p));
+                    for (int r = 0; r < 4; r++) {
+                        acc[i][r] = _mm512_dpbf16_ps(acc[i][r], kv[r], b);
+                    }
+                }
+            }
+            for (int i = 0; i < 4; i++) {
+                for (int r = 0; r < 4; r++) {
+                    _mm512_storeu_ps(kq + (q0 + i) * KV + j + 16 * r, acc[i][r]);
+                }
+            }
+        }
+    }
+}
+
+// each of nq rows of kq (KV floats, KV a multiple of 32) rounded to BF16 in
+// place: the row's KV BF16 values start where its floats did
+static void jv4_fa_dp_rows_to_bf16(float * kq, int nq, int KV) {
+    for (int q = 0; q < nq; q++) {
+        float * row = kq + q * KV;
+        for (int i = 0; i < KV; i += 32) {
+            const __m512 a = _mm512_loadu_ps(row + i);
+            const __m512 b = _mm512_loadu_ps(row + i + 16);
+            _mm512_storeu_si512((void *) ((ggml_bf16_t *) row + i), (__m512i) _mm512_cvtne2ps_pbh(b, a));
+        }
+    }
+}
+
+// vkq[q][d] += sum over t of P[q][t] V[t][d]: P as BF16 rows made by
+// jv4_fa_dp_rows_to_bf16 (row stride KV floats), V packed by jv4_fa_dp_pack_v,
+// nq a multiple of 4, DV of 64
+static void jv4_fa_dp_pv(float * vkq, const float * kq, const int32_t * vp, int nq, int64_t DV, int KV) {
+    for (int q0 = 0; q0 < nq; q0 += 4) {
+        for (int64_t d0 = 0; d0 < DV; d0 += 64) {
+            __m512 acc[4][4];
+            for (int i = 0; i < 4; i++) {
+                for (int r = 0; r < 4; r++) {
+                    acc[i][r] = _mm512_loadu_ps(vkq + (q0 + i) * DV + d0 + 16 * r);
+                }
+            }
+            for (int u = 0; u < KV / 2; u++) {
+                __m512bh vv[4];
+                for (int r = 0; r < 4; r++) {
+                    vv[r] = (__m512bh) _mm512_loadu_si512((const void *) (vp + u * DV + d0 + 16 * r));
+                }
+                for (int i = 0; i < 4; i++) {
+                    const __m512bh b = (__m512bh) _mm512_set1_epi32(
+                        jv4_fa_dp_pair((const ggml_bf16_t *) (kq + (q0 + i) * KV) + 2 * u));
+                    for (int r = 0; r < 4; r++) {
+                        acc[i][r] = _mm512_dpbf16_ps(acc[i][r], vv[r], b);
+                    }
+                }
+            }
+            for (int i = 0; i < 4; i++) {
+                for (int r = 0; r < 4; r++) {
+                    _mm512_storeu_ps(vkq + (q0 + i) * DV + d0 + 16 * r, acc[i][r]);
+                }
+            }
+        }
+    }
+}
+// jv4-fa-dp kernel end
+#endif
+
+"""
 _FA_TILED = (
     _insert_before(_OPS, "static void ggml_compute_forward_flash_attn_ext_tiled(\n", (
         '#if defined(__AVX512F__)\n'
@@ -723,6 +867,7 @@ _FA_TILED = (
         '}\n'
         '#endif\n'
         '\n'
+        + _FA_DP_HELPERS
     )),
     (_OPS,
      '                    for (int tk = 0; tk < kv_tile; tk++) {\n'
@@ -746,7 +891,7 @@ _FA_TILED = (
      '            // Zero-pad the last tile so the GEMM always operates on KV_TILE_SZ columns\n'
      '            for (int tk = 0; tk < kv_tile; tk++) {\n',
      '            // Zero-pad the last tile so the GEMM always operates on KV_TILE_SZ columns\n'
-     '            int tk_done = 0;\n'
+     '            int tk_done = jv4_dp ? kv_tile : 0;  // the BF16 path packs its own tile\n'
      '#if defined(__AVX512F__)\n'
      '            // jv4 patch: F16 / BF16 rows 16 at a time, converted and transposed in registers\n'
      '            if ((kv_type == GGML_TYPE_F16 || kv_type == GGML_TYPE_BF16) && DK % 16 == 0) {\n'
@@ -811,7 +956,70 @@ _FA_TILED = (
      '                    ggml_cpu_fp16_to_fp32((const ggml_fp16_t *)v_data, V32 + tk * DV, DV);\n'
      '                } else if (kv_type == GGML_TYPE_BF16) {  // jv4 patch\n'
      '                    ggml_cpu_bf16_to_fp32((const ggml_bf16_t *)v_data, V32 + tk * DV, DV);\n'
-     '                } else {\n'),
+     '                } else {\n'),    # the BF16 dot-product path (helpers above)
+    (_OPS,
+     '    GGML_ASSERT(k->type == v->type);\n'
+     '    const ggml_type kv_type = k->type;\n',
+     '    GGML_ASSERT(k->type == v->type);\n'
+     '    const ggml_type kv_type = k->type;\n'
+     '#if defined(JV4_FA_DP)\n'
+     '    // jv4 patch: a BF16 cache multiplies with vdpbf16ps (Q and softmax weights rounded to BF16)\n'
+     '    const bool jv4_dp = kv_type == GGML_TYPE_BF16 && DK % 32 == 0 && DV % 64 == 0 &&\n'
+     '                        ggml_fa_tile_config::KV % 64 == 0 && ggml_fa_tile_config::Q % 4 == 0;\n'
+     '#else\n'
+     '    const bool jv4_dp = false;\n'
+     '#endif\n'),
+    (_OPS,
+     '            for (int tq = tile_rows; tq < Q_TILE_SZ; tq++) {\n'
+     '                memset(Q_f32 + tq * DK, 0, DK * sizeof(float));\n'
+     '            }\n'
+     '        }\n',
+     '            for (int tq = tile_rows; tq < Q_TILE_SZ; tq++) {\n'
+     '                memset(Q_f32 + tq * DK, 0, DK * sizeof(float));\n'
+     '            }\n'
+     '        }\n'
+     '#if defined(JV4_FA_DP)\n'
+     '        if (jv4_dp) {  // jv4 patch: the Q tile as BF16 rows\n'
+     '            ggml_bf16_t * Q_bf = (ggml_bf16_t *)Q_q;\n'
+     '            for (int tq = 0; tq < tile_rows; tq++) {\n'
+     '                const float * pq = (const float *) ((char *) q->data + ((iq1 + tq)*nbq1 + iq2*nbq2 + iq3*nbq3));\n'
+     '                ggml_cpu_fp32_to_bf16(pq, Q_bf + tq * DK, DK);\n'
+     '            }\n'
+     '            memset(Q_bf + tile_rows * DK, 0, (Q_TILE_SZ - tile_rows) * DK * sizeof(ggml_bf16_t));\n'
+     '        }\n'
+     '#endif\n'),
+    (_OPS,
+     '            memset(KQ, 0, Q_TILE_SZ * KV_TILE_SZ * sizeof(float));\n'
+     '            simd_gemm(KQ, (const float *)Q_q, K_f32, Q_TILE_SZ, DK, KV_TILE_SZ);\n',
+     '#if defined(JV4_FA_DP)\n'
+     '            if (jv4_dp) {  // jv4 patch\n'
+     '                const char * k0 = (const char *)k->data + ic*nbk1 + ik2*nbk2 + ik3*nbk3;\n'
+     '                jv4_fa_dp_pack_k((int32_t *)K_f32, k0, nbk1, DK, kv_tile, KV_TILE_SZ);\n'
+     '                jv4_fa_dp_qk(KQ, (const ggml_bf16_t *)Q_q, (const int32_t *)K_f32, Q_TILE_SZ, DK, KV_TILE_SZ);\n'
+     '            } else\n'
+     '#endif\n'
+     '            {\n'
+     '            memset(KQ, 0, Q_TILE_SZ * KV_TILE_SZ * sizeof(float));\n'
+     '            simd_gemm(KQ, (const float *)Q_q, K_f32, Q_TILE_SZ, DK, KV_TILE_SZ);\n'
+     '            }\n'),
+    (_OPS,
+     '            // Pack V tile to contiguous F32, zero-padded\n'
+     '            for (int tk = 0; tk < kv_tile; tk++) {\n',
+     '            // Pack V tile to contiguous F32, zero-padded\n'
+     '            for (int tk = 0; !jv4_dp && tk < kv_tile; tk++) {  // jv4 patch: not for the BF16 path\n'),
+    (_OPS,
+     '            simd_gemm(VKQ32, KQ, V32, Q_TILE_SZ, KV_TILE_SZ, DV);\n'
+     '        }\n',
+     '#if defined(JV4_FA_DP)\n'
+     '            if (jv4_dp) {  // jv4 patch\n'
+     '                const char * v0 = (const char *)v->data + ic*nbv1 + iv2*nbv2 + iv3*nbv3;\n'
+     '                jv4_fa_dp_rows_to_bf16(KQ, Q_TILE_SZ, KV_TILE_SZ);\n'
+     '                jv4_fa_dp_pack_v((int32_t *)V32, v0, nbv1, DV, kv_tile, KV_TILE_SZ);\n'
+     '                jv4_fa_dp_pv(VKQ32, KQ, (const int32_t *)V32, Q_TILE_SZ, DV, KV_TILE_SZ);\n'
+     '            } else\n'
+     '#endif\n'
+     '            simd_gemm(VKQ32, KQ, V32, Q_TILE_SZ, KV_TILE_SZ, DV);\n'
+     '        }\n'),
 )
 
 PATCHES = (

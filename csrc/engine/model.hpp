@@ -152,6 +152,7 @@ class Model {
   bool f16_as_bf16_ = false;
   std::optional<bool> flash_attn_;
   int kv_type_ = -1;  // ggml_type of the KV cache; -1: llama.cpp's default (f16)
+  std::string kv_cache_type_name() const;  // its name in kv_cache_types()
   std::string load_mode_;
   int n_seq_max_ = 0;
   int n_threads_ = 0;
