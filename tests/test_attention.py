@@ -79,3 +79,23 @@ def test_cli_passes_the_attention_settings(make_gguf, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "jv4", "embed", "-m", str(path), "--kv-cache-type", "fp8", "x"],
                          capture_output=True, timeout=300)
     assert bad.returncode == 2 and b"invalid choice: 'fp8'" in bad.stderr
+
+
+def test_default_cache_type_follows_the_weights_and_the_build(make_gguf, long_ref):
+    # bf16 (flash attention's BF16 dot products) where the build's CPU code
+    # has AVX512-BF16 and the weights are not full precision; f16 for F32
+    # weights, F16 kept F16, flash attention off, and other builds.
+    bf16 = "bf16" if "AVX512_BF16" in jv4.build_info()["cpu_features"] else "f16"
+    assert jv4.Model(make_gguf(dtype="F32")).info["kv_cache_type"] == "f16"
+    assert jv4.Model(make_gguf(dtype="F16"), f16_as_bf16=False).info["kv_cache_type"] == "f16"
+    assert jv4.Model(make_gguf(dtype="F16")).info["kv_cache_type"] == bf16
+    assert jv4.Model(make_gguf(dtype="BF16"), flash_attn=False).info["kv_cache_type"] == "f16"
+    assert jv4.Model(make_gguf(dtype="BF16"), kv_cache_type="f32").info["kv_cache_type"] == "f32"
+    m = jv4.Model(make_gguf(dtype="BF16"), batch_tokens=64)
+    assert m.info["kv_cache_type"] == bf16
+    f16 = jv4.Model(make_gguf(dtype="BF16"), batch_tokens=64, kv_cache_type="f16")
+    got, want = m.embed(LONG), f16.embed(LONG)
+    # the BF16 weights' own distance to the F32 reference dominates: measured
+    # 0.9999925 (bf16 cache) and 0.9999930 (f16 cache); each other 0.999999+
+    assert cosines(got, long_ref).min() > 0.99999 and cosines(want, long_ref).min() > 0.99999
+    assert cosines(got, want).min() > 0.999995

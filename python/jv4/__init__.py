@@ -63,7 +63,7 @@ MATRYOSHKA_DIMS: tuple = _core.MATRYOSHKA_DIMS
 QUANT_TYPES: tuple = tuple(_core.quantize_types())
 # the types llama.cpp quantizes only with an importance matrix
 IMATRIX_TYPES: tuple = tuple(_core.imatrix_types())
-#: KV cache element types ``Model(kv_cache_type=...)`` accepts (default "f16")
+#: KV cache element types ``Model(kv_cache_type=...)`` accepts (default: see ``Model``)
 KV_CACHE_TYPES: tuple = tuple(_core.kv_cache_types())
 
 

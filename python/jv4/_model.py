@@ -131,12 +131,17 @@ class Model(EncodeQueryDocument):
     flash_attn: llama.cpp's flash attention on (True) or off (False). Default
         None: llama.cpp decides (on the CPU it turns it on). Off, attention
         holds a score matrix of batch_tokens x text length per head.
-    kv_cache_type: element type of the KV cache, one of ``jv4.KV_CACHE_TYPES``
-        (default None: "f16"). A long text keeps 2 x layers x KV width x
-        tokens of them. "f16", "bf16" and "f32" run llama.cpp's tiled
-        attention ("f32" on an F16 cast: twice the memory, same vectors); the quantized types ("q8_0", ...) halve the cache or more
-        but need flash attention and run a slower path (v4 shape: q8_0 at
-        0.70 x f16's rate on 512-token texts). docs/benchmarks.md, "Long texts".
+    kv_cache_type: element type of the KV cache, one of ``jv4.KV_CACHE_TYPES``.
+        Default None: "bf16" where the build's CPU code has AVX512-BF16, all
+        layers run on the CPU, flash_attn is not False and the weights are not
+        full precision (flash attention then multiplies it with BF16 dot
+        products); "f16" otherwise. ``info["kv_cache_type"]`` says which. A
+        long text keeps 2 x layers x KV width x tokens of them. "f16", "bf16"
+        and "f32" run llama.cpp's tiled attention ("f32" on an F16 cast: twice
+        the memory, same vectors); the quantized types ("q8_0", ...) halve the
+        cache or more but need flash attention and run a slower path (v4
+        shape: q8_0 at 0.70 x f16's rate on 512-token texts).
+        docs/benchmarks.md, "Long texts".
 
     Calls are thread-safe (one forward pass at a time per Model) and run
     without the GIL. A bad file raises FileNotFoundError or ModelLoadError;

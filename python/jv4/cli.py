@@ -409,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--flash-attn", action=argparse.BooleanOptionalAction, default=None,
                    help="llama.cpp's flash attention on or off (default: llama.cpp decides)")
     e.add_argument("--kv-cache-type", choices=jv4.KV_CACHE_TYPES, metavar="TYPE",
-                   help="KV cache element type for long texts: " + ", ".join(jv4.KV_CACHE_TYPES) + " (default f16)")
+                   help="KV cache element type for long texts: " + ", ".join(jv4.KV_CACHE_TYPES) + " (default: bf16 on CPUs with AVX512-BF16 for BF16 and quantized weights, else f16)")
     e.add_argument("--chunk", type=int, default=4096, help="texts per engine call (default 4096)")
     e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
