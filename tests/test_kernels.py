@@ -94,14 +94,68 @@ int main(void) {{
     assert "checked 4294967296 mismatches 0" in out.stdout
 
 
-_Q8_0_HARNESS = r"""
-// jv4's Q8_0 AVX512-VNNI kernel, compiled alone, against exact integer sums
+# Shared by the kernel harnesses below: includes, a random source, and the
+# check of one result against its exact value (equal where every sum is exact
+# in fp32, otherwise within 1e-5 of the sum of the terms' magnitudes).
+_HARNESS_COMMON = r"""
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <vector>
+static uint64_t rng = 88172645463325252ull;
+static uint32_t rnd() { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return (uint32_t) rng; }
+static int bad = 0;
+static double worst = 0;
+static void check(double got, double ref, double mag, bool exact, const char * what, int i, int j) {
+    const double err = fabs(got - ref) / (mag > 0 ? mag : 1);
+    if (err > worst) worst = err;
+    if ((exact && got != ref) || !(err <= 1e-5)) {
+        if (bad++ < 5) printf("%s [%d, %d]: %.9g, exact %.9g\n", what, i, j, got, ref);
+    }
+}
+// a GEMM's result S and the one-token path's G at (token t, row c)
+static void check_both(const std::vector<float> & S, const std::vector<float> & G, size_t bs, int t, int c,
+                       double ref, double mag, bool exact, const char * shape) {
+    char what[160];
+    for (int which = 0; which < 2; which++) {
+        snprintf(what, sizeof what, "%s, %s: token, row", shape, which ? "one token" : "gemm");
+        check((which ? G : S)[(size_t) t * bs + c], ref, mag, exact, what, t, c);
+    }
+}
+// the columns of a row-major result past nc (stride bs) must still be NaN
+static void check_untouched(const std::vector<float> & s, int nr, int nc, size_t bs) {
+    for (int t = 0; t < nr; t++)
+        for (int c = nc; c < (int) bs; c++)
+            if (s[(size_t) t * bs + c] == s[(size_t) t * bs + c] && bad++ < 5) printf("wrote outside the tile\n");
+}
+static int finish() {
+    printf("mismatches %d\n", bad);
+    return bad != 0;
+}
+"""
+
+
+def _run_harness(tmp_path: Path, name: str, harness: str, kernel: str, flags: list) -> None:
+    """Compile one harness around a kernel's text and require no mismatch."""
+    program = tmp_path / f"{name}.cpp"
+    program.write_text(_HARNESS_COMMON + harness.replace("KERNEL", kernel, 1))
+    exe = tmp_path / name
+    subprocess.run(["c++", "-O2", "-std=c++17", *flags, "-o", str(exe), str(program)], check=True)
+    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout
+    assert "mismatches 0" in out.stdout
+
+
+def _kernel_text(file: str, begin: str, end: str, what: str) -> str:
+    source = (GGML / "ggml-cpu" / file).read_text(encoding="utf-8")
+    assert begin in source and end in source, f"the {what} is missing from the vendored tree"
+    return source[source.index(begin):source.index(end)]
+
+
+_Q8_0_HARNESS = r"""
+// jv4's Q8_0 AVX512-VNNI kernel, compiled alone, against exact integer sums
 #define QK8_0 32
 #define GGML_RESTRICT __restrict__
 typedef uint16_t ggml_half;
@@ -111,10 +165,7 @@ typedef blk<4> block_q8_0x4;
 typedef blk<16> block_q8_0x16;
 static inline float GGML_CPU_FP16_TO_FP32(ggml_half h) { return _cvtsh_ss(h); }
 KERNEL
-static uint64_t rng = 88172645463325252ull;
-static uint32_t rnd() { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return (uint32_t) rng; }
 int main() {
-    int bad = 0;
     // (quants per row, weight rows, tokens): one block; v4's widths; more than
     // one 64-group slice of tokens; token counts that are not a multiple of 8
     const int shapes[][3] = {{32, 16, 4}, {64, 32, 8}, {2048, 48, 12}, {11008, 32, 4}, {256, 16, 260}, {96, 64, 20}};
@@ -150,7 +201,8 @@ int main() {
             jv4_gemm_q8_0_16x4_vnni(n, S.data(), bs, Wr.data(), Ar.data(), nr, nc);
             for (int t = 0; t < nr; t++)
                 jv4_gemv_q8_0_16x4_vnni(n, G.data() + (size_t) t * bs, 0, Wr.data(), A.data() + (size_t) t * nb, 1, nc);
-            double worst = 0;
+            char shape[64];
+            snprintf(shape, sizeof shape, "n=%d nc=%d nr=%d unit=%d", n, nc, nr, unit);
             for (int t = 0; t < nr; t++) for (int c = 0; c < nc; c++) {
                 double ref = 0, mag = 0;
                 for (int l = 0; l < nb; l++) {
@@ -162,23 +214,13 @@ int main() {
                     ref += sc * isum;
                     mag += fabs(sc * isum);
                 }
-                for (int which = 0; which < 2; which++) {
-                    const double got = (which ? G : S)[(size_t) t * bs + c];
-                    const double err = fabs(got - ref) / (mag > 0 ? mag : 1);
-                    if (err > worst) worst = err;
-                    if ((unit && got != ref) || !(err <= 1e-5)) {
-                        if (bad++ < 5) printf("n=%d nc=%d nr=%d unit=%d %s token %d row %d: %.9g, exact %.9g\n",
-                                              n, nc, nr, unit, which ? "gemv" : "gemm", t, c, got, ref);
-                    }
-                }
+                check_both(S, G, bs, t, c, ref, mag, unit, shape);
             }
-            for (int t = 0; t < nr; t++) for (int c = nc; c < (int) bs; c++)
-                if (S[(size_t) t * bs + c] == S[(size_t) t * bs + c] && bad++ < 5) printf("wrote outside the tile\n");
-            printf("n=%d nc=%d nr=%d unit=%d worst relative error %.3g\n", n, nc, nr, unit, worst);
+            check_untouched(S, nr, nc, bs);
+            printf("%s: worst relative error so far %.3g\n", shape, worst);
         }
     }
-    printf("mismatches %d\n", bad);
-    return bad != 0;
+    return finish();
 }
 """
 
@@ -192,37 +234,21 @@ def test_q8_0_vnni_kernel_matches_exact_integer_arithmetic(tmp_path):
     # original Q8_0 blocks summed exactly. With unit scales the results are
     # integers and must be equal; otherwise within float rounding (1e-5 of
     # the sum of the terms' magnitudes; measured <= 2e-7).
-    source = (GGML / "ggml-cpu" / "repack.cpp").read_text(encoding="utf-8")
-    begin, end = "// jv4-q8_0-vnni kernel begin", "// jv4-q8_0-vnni kernel end"
-    assert begin in source and end in source, "the Q8_0 VNNI kernel is missing from the vendored tree"
-    kernel = source[source.index(begin):source.index(end)]
+    kernel = _kernel_text("repack.cpp", "// jv4-q8_0-vnni kernel begin", "// jv4-q8_0-vnni kernel end",
+                          "Q8_0 VNNI kernel")
     assert "_mm512_dpbusd_epi32" in kernel
-    program = tmp_path / "q8_0_vnni.cpp"
-    program.write_text(_Q8_0_HARNESS.replace("KERNEL", kernel, 1))
-    exe = tmp_path / "q8_0_vnni"
-    subprocess.run(["c++", "-O2", "-std=c++17", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c",
-                    "-mfma", "-o", str(exe), str(program)], check=True)
-    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout
-    assert "mismatches 0" in out.stdout
+    _run_harness(tmp_path, "q8_0_vnni", _Q8_0_HARNESS, kernel,
+                 ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c", "-mfma"])
 
 
 _BF16_HARNESS = r"""
-#include <immintrin.h>
-#include <math.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <string.h>
-#include <vector>
+// jv4's BF16 AVX512-BF16 kernel, compiled alone, against double-precision sums
 #define GGML_RESTRICT __restrict__
 typedef struct { uint16_t bits; } ggml_bf16_t;
 KERNEL
-static uint64_t rng = 88172645463325252ull;
-static uint32_t rnd() { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return (uint32_t) rng; }
 static ggml_bf16_t bf16_of(float f) { uint32_t u; memcpy(&u, &f, 4); ggml_bf16_t b; b.bits = (uint16_t) (u >> 16); return b; }
 static double value(ggml_bf16_t b) { uint32_t u = (uint32_t) b.bits << 16; float f; memcpy(&f, &u, 4); return f; }
 int main() {
-    int bad = 0;
     // (columns, weight rows, tokens): one column pair; v4's widths; token
     // counts that leave every tail (12, 4, 1 at a time); 16-row remainders
     const int shapes[][3] = {{2, 16, 1}, {64, 32, 12}, {2048, 48, 13}, {11008, 32, 4}, {256, 16, 29}, {96, 80, 20}};
@@ -238,7 +264,8 @@ int main() {
             jv4_gemm_bf16_16x2(n, S.data(), bs, Wr.data(), A.data(), nr, nc);
             for (int t = 0; t < nr; t++)  // one token at a time, as llama.cpp's gemv
                 jv4_gemm_bf16_16x2(n, G.data() + (size_t) t * bs, 0, Wr.data(), A.data() + (size_t) t * n, 1, nc);
-            double worst = 0;
+            char shape[64];
+            snprintf(shape, sizeof shape, "n=%d nc=%d nr=%d ints=%d", n, nc, nr, ints);
             for (int t = 0; t < nr; t++) for (int c = 0; c < nc; c++) {
                 double ref = 0, mag = 0;
                 for (int q = 0; q < n; q++) {
@@ -246,23 +273,13 @@ int main() {
                     ref += prod;
                     mag += fabs(prod);
                 }
-                for (int which = 0; which < 2; which++) {
-                    const double got = (which ? G : S)[(size_t) t * bs + c];
-                    const double err = fabs(got - ref) / (mag > 0 ? mag : 1);
-                    if (err > worst) worst = err;
-                    if ((ints && got != ref) || !(err <= 1e-5)) {
-                        if (bad++ < 5) printf("n=%d nc=%d nr=%d ints=%d %s token %d row %d: %.9g, exact %.9g\n",
-                                              n, nc, nr, ints, which ? "one token" : "gemm", t, c, got, ref);
-                    }
-                }
+                check_both(S, G, bs, t, c, ref, mag, ints, shape);
             }
-            for (int t = 0; t < nr; t++) for (int c = nc; c < (int) bs; c++)
-                if (S[(size_t) t * bs + c] == S[(size_t) t * bs + c] && bad++ < 5) printf("wrote outside the tile\n");
-            printf("n=%d nc=%d nr=%d ints=%d worst relative error %.3g\n", n, nc, nr, ints, worst);
+            check_untouched(S, nr, nc, bs);
+            printf("%s: worst relative error so far %.3g\n", shape, worst);
         }
     }
-    printf("mismatches %d\n", bad);
-    return bad != 0;
+    return finish();
 }
 """
 
@@ -277,38 +294,20 @@ def test_bf16_dot_product_kernel_matches_exact_sums(tmp_path):
     # integer values make every sum exact, so the results must be equal;
     # otherwise within float rounding (1e-5 of the sum of the terms'
     # magnitudes).
-    source = (GGML / "ggml-cpu" / "repack.cpp").read_text(encoding="utf-8")
-    begin, end = "// jv4-bf16-dp kernel begin", "// jv4-bf16-dp kernel end"
-    assert begin in source and end in source, "the BF16 kernel is missing from the vendored tree"
-    kernel = source[source.index(begin):source.index(end)]
+    kernel = _kernel_text("repack.cpp", "// jv4-bf16-dp kernel begin", "// jv4-bf16-dp kernel end", "BF16 kernel")
     assert "_mm512_dpbf16_ps" in kernel
-    program = tmp_path / "bf16_dp.cpp"
-    program.write_text(_BF16_HARNESS.replace("KERNEL", kernel, 1))
-    exe = tmp_path / "bf16_dp"
-    subprocess.run(["c++", "-O2", "-std=c++17", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16",
-                    "-o", str(exe), str(program)], check=True)
-    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout
-    assert "mismatches 0" in out.stdout
+    _run_harness(tmp_path, "bf16_dp", _BF16_HARNESS, kernel, ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16"])
 
 
 _FA_DP_HARNESS = r"""
-#include <immintrin.h>
-#include <math.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <string.h>
-#include <vector>
+// flash attention's BF16 helpers, compiled alone, against double-precision sums
 typedef struct { uint16_t bits; } ggml_bf16_t;
 KERNEL
-static uint64_t rng = 88172645463325252ull;
-static uint32_t rnd() { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return (uint32_t) rng; }
 static ggml_bf16_t bf16_of(float f) { uint32_t u; memcpy(&u, &f, 4); ggml_bf16_t b; b.bits = (uint16_t) (u >> 16); return b; }
 static ggml_bf16_t bf16_rne(float f) { uint32_t u; memcpy(&u, &f, 4); ggml_bf16_t b; b.bits = (uint16_t) ((u + 0x7fff + ((u >> 16) & 1)) >> 16); return b; }
 static double value(ggml_bf16_t b) { uint32_t u = (uint32_t) b.bits << 16; float f; memcpy(&f, &u, 4); return f; }
 static float draw(int ints, float scale) { return ints ? (float) ((int) (rnd() % 17) - 8) : ((float) (rnd() % 20001) - 10000.0f) / scale; }
 int main() {
-    int bad = 0;
     const int NQ = 64, KV = 64, D = 128, HEADS = 2;  // llama.cpp's tile sizes, v4's head width
     const size_t nb1 = (size_t) HEADS * D * 2;        // rows of one head in a cache of two
     const int tiles[] = {64, 48, 37, 1};              // full, 16-row multiple, ragged, one key
@@ -324,7 +323,8 @@ int main() {
             std::vector<float> kq((size_t) NQ * KV, NAN);
             jv4_fa_dp_pack_k(kp.data(), k0, nb1, D, kv_tile, KV);
             jv4_fa_dp_qk(kq.data(), Q.data(), kp.data(), NQ, D, KV);
-            double worst = 0;
+            char what[64];
+            snprintf(what, sizeof what, "QK kv_tile=%d ints=%d query, key", kv_tile, ints);
             for (int q = 0; q < NQ; q++) for (int t = 0; t < KV; t++) {
                 double ref = 0, mag = 0;
                 for (int d = 0; t < kv_tile && d < D; d++) {
@@ -332,11 +332,7 @@ int main() {
                     ref += prod;
                     mag += fabs(prod);
                 }
-                const double got = kq[(size_t) q * KV + t], err = fabs(got - ref) / (mag > 0 ? mag : 1);
-                if (err > worst) worst = err;
-                if ((ints && got != ref) || !(err <= 1e-5)) {
-                    if (bad++ < 5) printf("QK kv_tile=%d ints=%d q=%d t=%d: %.9g, exact %.9g\n", kv_tile, ints, q, t, got, ref);
-                }
+                check(kq[(size_t) q * KV + t], ref, mag, ints, what, q, t);
             }
             // softmax weights (any floats here; every key, padded ones included)
             std::vector<float> P((size_t) NQ * KV), vkq((size_t) NQ * D), vkq0;
@@ -347,6 +343,7 @@ int main() {
             jv4_fa_dp_rows_to_bf16(pb.data(), NQ, KV);
             jv4_fa_dp_pack_v(vp.data(), v0, nb1, D, kv_tile, KV);
             jv4_fa_dp_pv(vkq.data(), pb.data(), vp.data(), NQ, D, KV);
+            snprintf(what, sizeof what, "PV kv_tile=%d ints=%d query, column", kv_tile, ints);
             for (int q = 0; q < NQ; q++) {
                 for (int t = 0; t < KV; t++) {
                     const ggml_bf16_t h = ((const ggml_bf16_t *) (pb.data() + (size_t) q * KV))[t];
@@ -359,18 +356,13 @@ int main() {
                         ref += prod;
                         mag += fabs(prod);
                     }
-                    const double got = vkq[(size_t) q * D + d], err = fabs(got - ref) / (mag > 0 ? mag : 1);
-                    if (err > worst) worst = err;
-                    if ((ints && got != ref) || !(err <= 1e-5)) {
-                        if (bad++ < 5) printf("PV kv_tile=%d ints=%d q=%d d=%d: %.9g, exact %.9g\n", kv_tile, ints, q, d, got, ref);
-                    }
+                    check(vkq[(size_t) q * D + d], ref, mag, ints, what, q, d);
                 }
             }
-            printf("kv_tile=%d ints=%d worst relative error %.3g\n", kv_tile, ints, worst);
+            printf("kv_tile=%d ints=%d worst relative error so far %.3g\n", kv_tile, ints, worst);
         }
     }
-    printf("mismatches %d\n", bad);
-    return bad != 0;
+    return finish();
 }
 """
 
@@ -385,17 +377,9 @@ def test_flash_attention_bf16_helpers_match_exact_sums(tmp_path):
     # one-key tiles of one head in a two-head cache (keys past the tile must
     # count as zero even where the scratch held NaNs). Integer values: exact;
     # otherwise within 1e-5 of the sum of the terms' magnitudes.
-    source = (GGML / "ggml-cpu" / "ops.cpp").read_text(encoding="utf-8")
-    begin, end = "// jv4 patch: 16 rows of 16 floats become 16 columns", "// jv4-fa-dp kernel end"
-    assert begin in source and end in source, "the flash-attention BF16 helpers are missing from the vendored tree"
-    kernel = source[source.index(begin):source.index(end)]
+    kernel = _kernel_text("ops.cpp", "// jv4 patch: 16 rows of 16 floats become 16 columns",
+                          "// jv4-fa-dp kernel end", "flash-attention BF16 helpers")
     assert "_mm512_dpbf16_ps" in kernel and "JV4_FA_DP" in kernel
-    program = tmp_path / "fa_dp.cpp"
     # (the text opens inside an #if defined(__AVX512F__) block and ends inside another)
-    program.write_text(_FA_DP_HARNESS.replace("KERNEL", "#if 1\n" + kernel + "\n#endif\n", 1))
-    exe = tmp_path / "fa_dp"
-    subprocess.run(["c++", "-O2", "-std=c++17", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16",
-                    "-o", str(exe), str(program)], check=True)
-    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout
-    assert "mismatches 0" in out.stdout
+    _run_harness(tmp_path, "fa_dp", _FA_DP_HARNESS, "#if 1\n" + kernel + "\n#endif\n",
+                 ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16"])
