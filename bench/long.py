@@ -3,6 +3,7 @@ llama.cpp's attention settings, beside transformers (SDPA) on the same texts.
 
     python bench/long.py --shape v4 --format Q8_0 --lengths 512,2048,8192,32768 \
         --settings default,no-flash,kv-bf16,kv-q8_0 --transformers 512,2048,8192
+    python bench/long.py --shape v4 --format F16,Q8_0,Q4_K_M --lengths 512 --transformers 512
 
 Every length is measured on the same number of tokens (`--tokens`, default
 8192: sixteen 512-token texts, four of 2048, one of 8192; one text when a text
@@ -15,7 +16,9 @@ decides flash attention, F16 KV cache), `no-flash` (flash attention off),
 (weights in the file's layout: llama.cpp's own kernels, e.g. tinyBLAS for
 BF16). transformers
 runs bf16 with SDPA attention (the reference's own implementation) on the
-same token ids.
+same token ids. `--format` takes several formats (comma-separated) for one
+table; IQ types use the files bench/formats.py made with an importance
+matrix (run it first).
 """
 
 from __future__ import annotations
@@ -94,7 +97,8 @@ def child_transformers(npz: str, shape: str, length: int, texts: list, threads: 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="v4", choices=("tiny", "mini", "v4"))
-    ap.add_argument("--format", default="Q8_0", help="weights: F16, BF16 or a jv4.quantize type")
+    ap.add_argument("--format", default="Q8_0",
+                    help="weights, comma-separated: F16, BF16 or jv4.quantize types")
     ap.add_argument("--lengths", default="512,2048,8192,32768")
     ap.add_argument("--settings", default="default")
     ap.add_argument("--transformers", default="", help="lengths to run transformers bf16 on (empty: none)")
@@ -120,12 +124,20 @@ def main() -> int:
     from run import make_model
 
     f16, npz = make_model(a.shape, "F16")
-    if a.format == "F16":
-        path = f16
-    else:
-        path = f16.with_name(f16.name.replace("-F16", f"-{a.format}"))
-        if not path.exists():
-            jv4.quantize(f16, path, a.format)
+    paths = {}
+    for fmt in [x for x in a.format.split(",") if x]:
+        plain = f16.with_name(f16.name.replace("-F16", f"-{fmt}"))
+        imat = f16.with_name(f16.name.replace("-F16", f"-{fmt}-imat"))  # bench/formats.py's IQ files
+        if fmt == "F16":
+            paths[fmt] = f16
+        elif fmt.startswith("IQ") and imat.exists():
+            paths[fmt] = imat
+        elif fmt in jv4.IMATRIX_TYPES:
+            raise SystemExit(f"{fmt} needs an importance matrix: run bench/formats.py first (it makes {imat.name})")
+        else:
+            if not plain.exists():
+                jv4.quantize(f16, plain, fmt)
+            paths[fmt] = plain
     lengths = [int(x) for x in a.lengths.split(",") if x]
     settings = [x for x in a.settings.split(",") if x]
     for s in settings:
@@ -147,38 +159,42 @@ def main() -> int:
             return {"error": (out.stderr or out.stdout)[-1500:]}
         return json.loads(line[-1][7:])
 
-    file_mib = path.stat().st_size / 2**20
     rows = {}
-    for s in settings:
-        for n in lengths:
-            rows[f"{s} {n}"] = r = child("jv4", path, n, s)
-            print(s, n, {k: v for k, v in r.items() if k != "error"} or r["error"], flush=True)
+    for fmt, path in paths.items():
+        for s in settings:
+            for n in lengths:
+                rows[f"{fmt} {s} {n}"] = r = child("jv4", path, n, s)
+                print(fmt, s, n, {k: v for k, v in r.items() if k != "error"} or r["error"], flush=True)
     hf = {}
     for n in hf_lengths:
         hf[n] = r = child("transformers", npz, n)
         print("transformers", n, r, flush=True)
 
     feats = jv4.build_info()["cpu_features"]
-    print(f"\nshape {a.shape}, {a.format} ({file_mib:.0f} MiB), {a.threads} threads, {a.tokens} tokens per "
-          f"length; ggml CPU features: {' '.join(feats)}\n")
-    print(f"| setting | tokens a text | jv4 tok/s | vs {lengths[0]} | peak RSS − file MiB | transformers bf16 tok/s | "
-          "jv4 / transformers |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for s in settings:
-        base = rows.get(f"{s} {lengths[0]}", {}).get("tok_s")
-        for n in lengths:
-            r = rows[f"{s} {n}"]
-            if "error" in r:
-                print(f"| {s} | {n} | failed: {r['error'].splitlines()[-1] if r['error'] else '?'} | | | | |")
-                continue
-            h = hf.get(n, {}).get("tok_s")
-            print(f"| {s} | {n} | {r['tok_s']:.1f} | {r['tok_s'] / base:.2f} | {r['peak_mib'] - file_mib:.0f} | "
-                  f"{h:.1f} | {r['tok_s'] / h:.2f} |" if h else
-                  f"| {s} | {n} | {r['tok_s']:.1f} | {r['tok_s'] / base:.2f} | {r['peak_mib'] - file_mib:.0f} | | |")
+    print(f"\nshape {a.shape}, {a.threads} threads, {a.tokens} tokens per length; "
+          f"ggml CPU features: {' '.join(feats)}\n")
+    print(f"| format | setting | tokens a text | jv4 tok/s | vs {lengths[0]} | peak RSS − file MiB | "
+          "transformers bf16 tok/s | jv4 / transformers |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     (HERE / "results").mkdir(exist_ok=True)
-    out = HERE / "results" / f"long-{a.shape}-{a.format}.json"
-    out.write_text(json.dumps({"rows": rows, "transformers": hf, "file_mib": file_mib, "cpu_features": feats,
-                               "tokens": a.tokens, "lengths": lengths}, indent=1))
+    for fmt, path in paths.items():
+        file_mib = path.stat().st_size / 2**20
+        for s in settings:
+            base = rows.get(f"{fmt} {s} {lengths[0]}", {}).get("tok_s")
+            for n in lengths:
+                r = rows[f"{fmt} {s} {n}"]
+                lead = f"| {fmt} | {s} | {n} |"
+                if "error" in r:
+                    print(f"{lead} failed: {r['error'].splitlines()[-1] if r['error'] else '?'} | | | | |")
+                    continue
+                h = hf.get(n, {}).get("tok_s")
+                vs = f"{r['tok_s'] / base:.2f}" if base else ""
+                print(f"{lead} {r['tok_s']:.1f} | {vs} | {r['peak_mib'] - file_mib:.0f} | " +
+                      (f"{h:.1f} | {r['tok_s'] / h:.2f} |" if h else "| |"))
+        out = HERE / "results" / f"long-{a.shape}-{fmt}.json"
+        mine = {k[len(fmt) + 1:]: v for k, v in rows.items() if k.startswith(f"{fmt} ")}
+        out.write_text(json.dumps({"rows": mine, "transformers": hf, "file_mib": file_mib, "cpu_features": feats,
+                                   "tokens": a.tokens, "lengths": lengths}, indent=1))
     return 0
 
 
