@@ -99,6 +99,14 @@ def reference(hf_model, ref_tokenizer):
     return ref
 
 
+def build_has(feature: str) -> bool:
+    """Whether the loaded jv4 module's CPU code has `feature` (a name of
+    jv4.build_info()["cpu_features"], e.g. "AVX512_BF16")."""
+    import jv4
+
+    return feature in jv4.build_info()["cpu_features"]
+
+
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)

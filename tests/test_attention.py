@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import jv4
-from conftest import cosines
+from conftest import build_has, cosines
 from corpus import CORPUS
 
 # long texts: 40 corpus entries joined, each well over batch_tokens=64
@@ -85,7 +85,7 @@ def test_default_cache_type_follows_the_weights_and_the_build(make_gguf, long_re
     # bf16 (flash attention's BF16 dot products) where the build's CPU code
     # has AVX512-BF16 and the weights are not full precision; f16 for F32
     # weights, F16 kept F16, flash attention off, and other builds.
-    bf16 = "bf16" if "AVX512_BF16" in jv4.build_info()["cpu_features"] else "f16"
+    bf16 = "bf16" if build_has("AVX512_BF16") else "f16"
     assert jv4.Model(make_gguf(dtype="F32")).info["kv_cache_type"] == "f16"
     assert jv4.Model(make_gguf(dtype="F16"), f16_as_bf16=False).info["kv_cache_type"] == "f16"
     assert jv4.Model(make_gguf(dtype="F16")).info["kv_cache_type"] == bf16

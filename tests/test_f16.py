@@ -10,14 +10,10 @@ import pytest
 
 import jv4
 import modelgen as mg
-from conftest import cosines
+from conftest import build_has, cosines
 from corpus import CORPUS
 
 TEXTS = CORPUS[:12]
-
-
-def has_bf16_kernels() -> bool:
-    return "AVX512_BF16" in jv4.build_info()["cpu_features"]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +54,7 @@ def test_opt_out_keeps_f16_mapped_and_both_stay_within_the_f16_bound(make_gguf, 
 
 def test_default_follows_the_build(make_gguf):
     m = jv4.Model(make_gguf(dtype="F16"))
-    assert m.info["f16_as_bf16"] is has_bf16_kernels()
+    assert m.info["f16_as_bf16"] is build_has("AVX512_BF16")
     assert jv4.Model(make_gguf(dtype="F32")).info["f16_as_bf16"] is False
     with pytest.raises(TypeError, match="f16_as_bf16 must be True, False or None"):
         jv4.Model(make_gguf(dtype="F16"), f16_as_bf16="yes")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import jv4
-from conftest import cosines
+from conftest import build_has, cosines
 from corpus import CORPUS
 
 
@@ -74,16 +74,12 @@ _REPACK_FEATURE = {"Q4_K_M": "AVX2", "Q4_0": "AVX2", "Q8_0": "AVX512_VNNI", "BF1
                    "F16": "AVX512_BF16"}
 
 
-def _has(feature: str) -> bool:
-    return feature in jv4.build_info()["cpu_features"]
-
-
 def _read_when_repacked(qtype: str) -> bool:
     """Whether repack=True makes jv4 read (not map) a file of this type: Q4_K
     and Q4_0 always (scanned as repackable); Q8_0, BF16 and F16 only where the
     build's CPU code has the feature their layout needs (elsewhere nothing
     repacks them)."""
-    return qtype in ("Q4_K_M", "Q4_0") or _has(_REPACK_FEATURE[qtype])
+    return qtype in ("Q4_K_M", "Q4_0") or build_has(_REPACK_FEATURE[qtype])
 
 
 @pytest.mark.parametrize("qtype", ["Q4_K_M", "Q4_0", "Q8_0", "BF16", "F16"])
@@ -100,7 +96,7 @@ def test_repacked_and_plain_weights_give_the_same_vectors(make_gguf, reference, 
     ref = reference(texts, "Query: ")
     with caplog.at_level(logging.DEBUG, logger="jv4"):
         on = jv4.Model(dst, repack=True)
-    has_layout = _has(_REPACK_FEATURE[qtype])
+    has_layout = build_has(_REPACK_FEATURE[qtype])
     if has_layout:
         assert "CPU_REPACK" in caplog.text, "repack=True did not repack"
     caplog.clear()
@@ -109,7 +105,7 @@ def test_repacked_and_plain_weights_give_the_same_vectors(make_gguf, reference, 
     assert "CPU_REPACK model buffer" not in caplog.text
     read = "read" if _read_when_repacked(qtype) else "mmap"
     # an F16 file held as BF16 is read whether or not it is repacked
-    off_read = "read" if qtype == "F16" and _has("AVX512_BF16") else "mmap"
+    off_read = "read" if qtype == "F16" and build_has("AVX512_BF16") else "mmap"
     assert (on.info["repack"], on.info["load_mode"]) == (True, read)
     assert (off.info["repack"], off.info["load_mode"]) == (False, off_read)
     a, b = on.embed(texts), off.embed(texts)
@@ -137,8 +133,8 @@ def test_repacking_by_default_only_where_it_measured_faster(make_gguf, tmp_path)
     # AVX512-BF16.
     x86 = platform.machine().lower() in ("x86_64", "amd64")
     q4k = (False, "mmap") if x86 else (True, "read")
-    q8 = "read" if _has("AVX512_VNNI") else "mmap"
-    bf16 = "read" if _has("AVX512_BF16") else "mmap"
+    q8 = "read" if build_has("AVX512_VNNI") else "mmap"
+    bf16 = "read" if build_has("AVX512_BF16") else "mmap"
     assert chosen == {"Q4_K_M": q4k, "Q4_0": (True, "read"), "Q8_0": (True, q8), "BF16": (True, bf16)}
 
 

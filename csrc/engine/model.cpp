@@ -268,10 +268,11 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
   // than F16's (docs/benchmarks.md). Only for CPU-held weights; the file is
   // then read, not mapped (a converted tensor is a copy).
   const bool cpu_only = n_gpus == 0 || mp.n_gpu_layers == 0;
-  f16_as_bf16_ = wt.f16_matrix && opts.f16_as_bf16.value_or(ggml_cpu_has_avx512_bf16() != 0 && cpu_only);
+  const bool bf16_kernels = ggml_cpu_has_avx512_bf16() != 0;  // the build's CPU code (jv4's BF16 patches)
+  f16_as_bf16_ = wt.f16_matrix && opts.f16_as_bf16.value_or(bf16_kernels && cpu_only);
   if (f16_as_bf16_) {
     mp.load_mode = LLAMA_LOAD_MODE_NONE;
-    if (ggml_cpu_has_avx512_bf16()) wt.repackable = true;  // held as BF16, so repacked as BF16
+    if (bf16_kernels) wt.repackable = true;  // held as BF16, so repacked as BF16
   }
   repack_ = opts.repack.value_or(!wt.repack_is_slower);
   mp.use_extra_bufts = repack_;
@@ -306,7 +307,7 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
     n_embd_ = llama_model_n_embd_out(model_);
     if (n_embd_ <= 0) n_embd_ = llama_model_n_embd(model_);
     n_ctx_train_ = llama_model_n_ctx_train(model_);
-    if (!opts.kv_cache_type && flash_attn_ != false && cpu_only && ggml_cpu_has_avx512_bf16()) {
+    if (!opts.kv_cache_type && flash_attn_ != false && cpu_only && bf16_kernels) {
       // A BF16 KV cache where flash attention multiplies it with BF16 dot
       // products (fetch-time patch), unless the weights are full precision
       // (F32, or F16 kept as F16): v4 F16 at 8192 tokens a text ran 1.23 x
