@@ -137,6 +137,7 @@ def test_cmake_configure_fails_on_a_tampered_archive_naming_the_checksum(tmp_pat
         shutil.copy(ROOT / name, src / name)
     shutil.copy(ROOT / "vendor" / "llama.cpp.lock", src / "vendor")
     shutil.copytree(ROOT / "tools", src / "tools")
+    shutil.copytree(ROOT / "patches", src / "patches")
     proc = subprocess.run(
         [CMAKE, "-S", str(src), "-B", str(tmp_path / "build"),
          f"-DPython_EXECUTABLE={sys.executable}"],

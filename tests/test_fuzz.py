@@ -5,7 +5,7 @@ The seeded fuzz subset runs tools/fuzz_gguf.py's mutations (every kind) in
 child processes; the long run is `python tools/fuzz_gguf.py --cases 20000`
 (docs/benchmarks.md). The targeted cases are the ones the fuzzer found
 aborting the process before the fixes (csrc/engine/gguf_check.cpp and the
-"load-time checks throw" patch in tools/fetch_llama_cpp.py)."""
+patch patches/llama.cpp/0007-loader-checks-throw.patch)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""jv4's fetch-time CPU kernel patches (tools/fetch_llama_cpp.py, _KERNEL_PATCHES).
+"""jv4's CPU kernel patches to llama.cpp (patches/llama.cpp/: 0002-0006).
 
 The tinyBLAS changes (horizontal sums, accumulator zeroing) are exercised by
 every fidelity test in test_embed.py: F32, F16 and BF16 matrices all go
@@ -20,8 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 GGML = ROOT / "vendor" / "llama.cpp" / "ggml" / "src"
 
-sys.path.insert(0, str(ROOT / "tools"))
-import fetch_llama_cpp  # noqa: E402
+KERNELS = ROOT / "patches" / "llama.cpp" / "files" / "ggml" / "src" / "ggml-cpu"
 
 
 def _c_function(source: str, signature: str) -> str:
@@ -37,11 +36,6 @@ def _cpu_has(flag: str) -> bool:
         return flag in Path("/proc/cpuinfo").read_text().split()
     except OSError:
         return False
-
-
-def test_every_patch_is_applied_to_the_vendored_tree():
-    for rel, _old, new in fetch_llama_cpp.PATCHES:
-        assert new in (ROOT / "vendor" / "llama.cpp" / rel).read_text(encoding="utf-8"), rel
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler (cc)")
@@ -138,7 +132,7 @@ static int finish() {
 
 
 def _run_harness(tmp_path: Path, name: str, harness: str, kernel: str, flags: list) -> None:
-    """Compile one harness around a kernel's text and require no mismatch."""
+    """Compile one harness around a kernel (its #include) and require no mismatch."""
     program = tmp_path / f"{name}.cpp"
     program.write_text(_HARNESS_COMMON + harness.replace("KERNEL", kernel, 1))
     exe = tmp_path / name
@@ -148,10 +142,14 @@ def _run_harness(tmp_path: Path, name: str, harness: str, kernel: str, flags: li
     assert "mismatches 0" in out.stdout
 
 
-def _kernel_text(file: str, begin: str, end: str, what: str) -> str:
-    source = (GGML / "ggml-cpu" / file).read_text(encoding="utf-8")
-    assert begin in source and end in source, f"the {what} is missing from the vendored tree"
-    return source[source.index(begin):source.index(end)]
+def _kernel_source(name: str, marker: str) -> str:
+    """An #include of one of jv4's kernel sources (patches/llama.cpp/files/),
+    compiled as it is - the same file the build copies into llama.cpp."""
+    path = KERNELS / name
+    assert marker in path.read_text(encoding="utf-8"), f"{name} lost {marker}"
+    vendored = GGML / "ggml-cpu" / name
+    assert vendored.read_bytes() == path.read_bytes(), f"the vendored tree's {name} is stale: fetch again"
+    return f'#include "{path.as_posix()}"'
 
 
 _Q8_0_HARNESS = r"""
@@ -234,9 +232,7 @@ def test_q8_0_vnni_kernel_matches_exact_integer_arithmetic(tmp_path):
     # original Q8_0 blocks summed exactly. With unit scales the results are
     # integers and must be equal; otherwise within float rounding (1e-5 of
     # the sum of the terms' magnitudes; measured <= 2e-7).
-    kernel = _kernel_text("repack.cpp", "// jv4-q8_0-vnni kernel begin", "// jv4-q8_0-vnni kernel end",
-                          "Q8_0 VNNI kernel")
-    assert "_mm512_dpbusd_epi32" in kernel
+    kernel = _kernel_source("jv4-q8_0-vnni.inc", "_mm512_dpbusd_epi32")
     _run_harness(tmp_path, "q8_0_vnni", _Q8_0_HARNESS, kernel,
                  ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c", "-mfma"])
 
@@ -294,8 +290,7 @@ def test_bf16_dot_product_kernel_matches_exact_sums(tmp_path):
     # integer values make every sum exact, so the results must be equal;
     # otherwise within float rounding (1e-5 of the sum of the terms'
     # magnitudes).
-    kernel = _kernel_text("repack.cpp", "// jv4-bf16-dp kernel begin", "// jv4-bf16-dp kernel end", "BF16 kernel")
-    assert "_mm512_dpbf16_ps" in kernel
+    kernel = _kernel_source("jv4-bf16-dp.inc", "_mm512_dpbf16_ps")
     _run_harness(tmp_path, "bf16_dp", _BF16_HARNESS, kernel, ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16"])
 
 
@@ -377,9 +372,6 @@ def test_flash_attention_bf16_helpers_match_exact_sums(tmp_path):
     # one-key tiles of one head in a two-head cache (keys past the tile must
     # count as zero even where the scratch held NaNs). Integer values: exact;
     # otherwise within 1e-5 of the sum of the terms' magnitudes.
-    kernel = _kernel_text("ops.cpp", "// jv4 patch: 16 rows of 16 floats become 16 columns",
-                          "// jv4-fa-dp kernel end", "flash-attention BF16 helpers")
-    assert "_mm512_dpbf16_ps" in kernel and "JV4_FA_DP" in kernel
-    # (the text opens inside an #if defined(__AVX512F__) block and ends inside another)
-    _run_harness(tmp_path, "fa_dp", _FA_DP_HARNESS, "#if 1\n" + kernel + "\n#endif\n",
+    kernel = _kernel_source("jv4-flash-attn-tiled.inc", "JV4_FA_DP")
+    _run_harness(tmp_path, "fa_dp", _FA_DP_HARNESS, kernel,
                  ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16"])

@@ -22,6 +22,7 @@ void register_info(py::module_& m) {
     llama["commit"] = b.llama_cpp_commit;
     llama["date"] = b.llama_cpp_date;
     llama["source"] = b.llama_cpp_source;
+    llama["patches"] = b.llama_cpp_patches;
     py::dict d;
     d["version"] = b.version;
     d["llama_cpp"] = llama;

@@ -16,6 +16,16 @@ BuildInfo build_info() {
   b.llama_cpp_commit = JV4_LLAMA_CPP_COMMIT;
   b.llama_cpp_date = JV4_LLAMA_CPP_DATE;
   b.llama_cpp_source = JV4_LLAMA_CPP_SOURCE;
+  {
+    const std::string list = JV4_LLAMA_CPP_PATCHES;  // comma-separated file names
+    size_t start = 0;
+    while (start < list.size()) {
+      size_t end = list.find(',', start);
+      if (end == std::string::npos) end = list.size();
+      if (end > start) b.llama_cpp_patches.push_back(list.substr(start, end - start));
+      start = end + 1;
+    }
+  }
   b.cpu_baseline = JV4_CPU_BASELINE;
   for (size_t i = 0; i < ggml_backend_reg_count(); ++i) {
     b.backends.emplace_back(ggml_backend_reg_name(ggml_backend_reg_get(i)));

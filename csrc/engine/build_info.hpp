@@ -11,6 +11,7 @@ struct BuildInfo {
   std::string llama_cpp_commit;
   std::string llama_cpp_date;
   std::string llama_cpp_source;
+  std::vector<std::string> llama_cpp_patches;  // applied at fetch, in order (patches/llama.cpp/series)
   std::string cpu_baseline;
   std::vector<std::string> backends;
   std::vector<std::string> devices;
