@@ -22,7 +22,7 @@ export SCCACHE_DIR="$WORK/cache" SCCACHE_CACHE_SIZE=5G
 build() {  # build <name>
   local start end
   start=$(date +%s)
-  JV4_CPU_VARIANTS=x86-64-v2,x86-64-v3,avx512 PATH="$WORK/venv/bin:$PATH" \
+  JV4_CPU_VARIANTS=all PATH="$WORK/venv/bin:$PATH" \
     "$WORK/venv/bin/python" -m pip wheel -q --no-build-isolation --no-deps \
     -w "$WORK/wheels-$1" -Cbuild-dir="$WORK/build-$1" .
   end=$(date +%s)

@@ -15,6 +15,7 @@ offending lines and exits 1 when a build breaks its level.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import subprocess
@@ -37,13 +38,16 @@ _AVX512_ONLY = re.compile(r"^(k\w+|vpternlog\w*|vperm[it]2\w*|vpcompress\w*|vpex
 _AMX = re.compile(r"^(tileload\w*|tilestore\w*|tilezero|tdp\w+|ldtilecfg|sttilecfg|tilerelease)$")
 _HIGH_REGS = re.compile(r"%[xy]mm(1[6-9]|2\d|3[01])\b")
 
-LEVEL_OF_MODULE = {"_core_v2": "x86-64-v2", "_core_v3": "x86-64-v3", "_core_avx512": "avx512"}
+# module -> level, from the levels' one definition (python/jv4/cpu_levels.json)
+LEVELS_FILE = Path(__file__).resolve().parent.parent / "python" / "jv4" / "cpu_levels.json"
+LEVEL_OF_MODULE = {lvl["module"]: lvl["name"] for lvl in json.loads(LEVELS_FILE.read_text(encoding="utf-8"))["levels"]}
+HIGHEST = next(iter(LEVEL_OF_MODULE.values()))  # best first: allowed everything but AMX
 
 
 def violation(level: str, mnemonic: str, operands: str) -> bool:
     if _AMX.match(mnemonic):
         return True
-    if level == "avx512":
+    if level == HIGHEST:
         return False
     if "%zmm" in operands or re.search(r"%k[0-7]\b", operands) or "{1to" in operands \
             or _HIGH_REGS.search(operands) or _AVX512_ONLY.match(mnemonic):

@@ -56,6 +56,7 @@ void run_blocking(const std::function<void()>& work, std::atomic<bool>& cancel,
                   Worker* worker = nullptr, const std::function<void()>& tick = nullptr);
 
 void register_info(py::module_& m);
+void register_options(py::module_& m);
 void register_model(py::module_& m);
 void register_jina(py::module_& m);
 void register_stages(py::module_& m);

@@ -95,48 +95,32 @@ std::function<void()> progress_tick(const std::optional<py::function>& callback,
 void register_model(py::module_& m) {
   using M = PyModel;
   py::class_<M>(m, "Model")
-      .def(py::init([](const std::string& path, std::optional<int> n_threads,
-                       std::optional<int> max_length, std::optional<int> batch_tokens,
-                       std::optional<bool> repack, std::optional<int> n_gpu_layers,
-                       std::optional<int> main_gpu,
-                       std::vector<std::pair<std::optional<std::string>, std::string>> adapters,
-                       std::optional<std::string> projector, std::optional<bool> f16_as_bf16,
-                       std::optional<bool> flash_attn, std::optional<std::string> kv_cache_type) {
-             jv4::ModelOptions opts{n_threads,           max_length,  batch_tokens, repack,
-                                    n_gpu_layers,        main_gpu,    std::move(adapters),
-                                    std::move(projector), f16_as_bf16, flash_attn,  std::move(kv_cache_type)};
+      .def(py::init([](const std::string& path, const jv4::ModelOptions& options) {
              auto self = std::make_unique<M>();
              std::atomic<bool> cancel{false};
-             run_blocking([&] { self->model = std::make_unique<jv4::Model>(path, opts); }, cancel,
+             run_blocking([&] { self->model = std::make_unique<jv4::Model>(path, options); }, cancel,
                           self->worker.get());
              return self;
            }),
-           py::arg("path"), py::arg("n_threads") = py::none(), py::arg("max_length") = py::none(),
-           py::arg("batch_tokens") = py::none(), py::arg("repack") = py::none(),
-           py::arg("n_gpu_layers") = py::none(), py::arg("main_gpu") = py::none(),
-           py::arg("adapters") = std::vector<std::pair<std::optional<std::string>, std::string>>(),
-           py::arg("projector") = py::none(), py::arg("f16_as_bf16") = py::none(),
-           py::arg("flash_attn") = py::none(), py::arg("kv_cache_type") = py::none())
+           py::arg("path"), py::arg_v("options", jv4::ModelOptions(), "ModelOptions()"))
       .def_property_readonly("n_embd", [](const M& s) { return s.model->n_embd(); })
-      .def_property_readonly("task", [](const M& s) -> py::object {
-        if (s.model->task().empty()) return py::none();
-        return py::str(s.model->task());
-      })
+      .def_property_readonly("task", [](const M& s) { return s.model->info().task; })
       .def_property_readonly("is_jina_v4", [](const M& s) { return s.model->is_jina_v4(); })
       .def_property_readonly("is_base", [](const M& s) { return s.model->is_base(); })
       .def_property_readonly("adapter_tasks", [](const M& s) { return s.model->adapter_tasks(); })
       .def_property_readonly("projector_tasks", [](const M& s) { return s.model->projector_tasks(); })
       .def_property_readonly("pooling", [](const M& s) { return s.model->pooling(); })
-      .def_property_readonly("normalization", [](const M& s) -> py::object {
+      .def_property_readonly("normalization", [](const M& s) -> std::optional<std::string> {
         const std::string& n = s.model->normalization();
-        return n.empty() ? py::object(py::none()) : py::object(py::str(n));
+        if (n.empty()) return std::nullopt;
+        return n;
       })
       .def_property_readonly("max_length", [](const M& s) { return s.model->max_length(); })
       .def_property_readonly("batch_tokens", [](const M& s) { return s.model->batch_tokens(); })
       .def_property_readonly("n_threads", [](const M& s) { return s.model->n_threads(); })
       .def_property_readonly("path", [](const M& s) { return s.model->path(); })
       .def_property_readonly("dims", [](const M& s) { return s.model->dims(); })
-      .def_property_readonly("info", [](const M& s) { return s.model->info(); })
+      .def_property_readonly("info", [](const M& s) -> jv4::ModelInfo { return s.model->info(); })  // a copy
       .def("tokenize",
            [](const M& s, py::handle text, std::optional<std::string> task, const std::string& role,
               bool add_prefix, std::optional<int> max_length) {
@@ -162,6 +146,15 @@ void register_model(py::module_& m) {
            },
            py::arg("text"), py::arg("task") = py::none(), py::arg("role") = "query",
            py::arg("add_prefix") = true, py::arg("max_length") = py::none())
+      .def(
+          "resolve_task",
+          [](const M& s, std::optional<std::string> task) -> std::optional<std::string> {
+            const std::string t = s.model->resolve(task, "query", std::nullopt, true).task;
+            if (t.empty()) return std::nullopt;
+            return t;
+          },
+          py::arg("task") = py::none(),
+          "the task a call with this task= runs (None for models without tasks); ValueError as embed")
       .def("embed",
            [](M& s, py::handle texts, std::optional<std::string> task, const std::string& role,
               std::optional<int> dim, bool truncate, std::optional<py::function> progress) {

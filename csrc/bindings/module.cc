@@ -166,6 +166,7 @@ PYBIND11_MODULE(JV4_MODULE_NAME, m) {
   });
 
   jv4py::register_info(m);
+  jv4py::register_options(m);
   jv4py::register_model(m);
   jv4py::register_jina(m);
   jv4py::register_stages(m);

@@ -7,10 +7,40 @@
 
 #include "engine/errors.hpp"
 #include "engine/gguf_file.hpp"
+#include "ggml-backend.h"
 #include "ggml.h"
 #include "gguf.h"
 
 namespace jv4 {
+
+// Importance-matrix statistics, as llama.cpp's imatrix tool gathers them:
+// for every matrix product with a model weight, the sum over tokens of each
+// input activation squared, and the number of tokens.
+bool imatrix_observe(ggml_tensor* t, bool ask, void* data) {
+  if (t->op != GGML_OP_MUL_MAT) return ask ? false : true;
+  const ggml_tensor* w = t->src[0];
+  const ggml_tensor* x = t->src[1];
+  const char* name = w != nullptr ? ggml_get_name(w) : "";
+  const size_t len = std::strlen(name);
+  const bool weight = len > 7 && std::strcmp(name + len - 7, ".weight") == 0;
+  if (ask) return weight && x != nullptr && x->type == GGML_TYPE_F32;
+  if (!weight || x == nullptr || x->type != GGML_TYPE_F32 || !ggml_backend_buffer_is_host(x->buffer)) return true;
+  auto& stats = *static_cast<ImatrixStats*>(data);
+  auto& e = stats[name];
+  if (e.sums.empty()) e.sums.assign(static_cast<size_t>(x->ne[0]), 0.0);
+  if (e.sums.size() != static_cast<size_t>(x->ne[0])) return true;  // a differently shaped use: not counted
+  for (int64_t i3 = 0; i3 < x->ne[3]; ++i3) {
+    for (int64_t i2 = 0; i2 < x->ne[2]; ++i2) {
+      for (int64_t r = 0; r < x->ne[1]; ++r) {
+        const auto* row = reinterpret_cast<const float*>(static_cast<const char*>(x->data) + r * x->nb[1] +
+                                                         i2 * x->nb[2] + i3 * x->nb[3]);
+        for (int64_t j = 0; j < x->ne[0]; ++j) e.sums[static_cast<size_t>(j)] += static_cast<double>(row[j]) * row[j];
+        e.count += 1;
+      }
+    }
+  }
+  return true;
+}
 
 void save_imatrix(const std::string& path, const ImatrixStats& stats, const std::vector<std::string>& datasets,
                   uint32_t chunk_count, uint32_t chunk_size) {

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+struct ggml_tensor;
+
 namespace jv4 {
 
 struct ImatrixEntry {
@@ -16,6 +18,10 @@ struct ImatrixEntry {
   int64_t count = 0;
 };
 using ImatrixStats = std::map<std::string, ImatrixEntry>;
+
+// llama.cpp's eval callback (cb_eval) gathering the statistics into the
+// ImatrixStats that `data` points to; Model::imatrix sets it on its context.
+bool imatrix_observe(ggml_tensor* t, bool ask, void* data);
 
 // std::runtime_error when the file cannot be written (nothing left behind).
 void save_imatrix(const std::string& path, const ImatrixStats& stats, const std::vector<std::string>& datasets,

@@ -39,11 +39,15 @@ const std::vector<int>& trained_dims() {
   return d;
 }
 
-void check_task(const std::string& task) {
-  if (!contains(tasks(), task)) {
-    throw std::invalid_argument("task must be one of " + quoted_list(tasks()) + " (got '" + task + "')");
-  }
+std::string bad_task(const std::string& got, const std::string& name, bool or_none) {
+  return name + " must be one of " + quoted_list(tasks()) + (or_none ? " or None" : "") + " (got " + got + ")";
 }
+
+void check_task(const std::string& task, const std::string& name, bool or_none) {
+  if (!contains(tasks(), task)) throw std::invalid_argument(bad_task("'" + task + "'", name, or_none));
+}
+
+std::string quoted_tasks() { return quoted_list(tasks()); }
 
 void check_role(const std::string& role) {
   if (!contains(roles(), role)) {
@@ -85,6 +89,25 @@ std::string name_tag(const std::string& task) {
 
 std::string official_repo(const std::string& task) {
   return "jinaai/jina-embeddings-v4-text-" + name_tag(task) + "-GGUF";
+}
+
+const std::vector<std::pair<std::string, std::string>>& gguf_keys() {
+  static const std::vector<std::pair<std::string, std::string>> keys = {
+      {"base", kGgufBase},
+      {"task", kGgufTask},
+      {"source", kGgufSource},
+      {"prefix", kGgufPrefix},
+      {"projector_tasks", kGgufProjectorTasks},
+      {"projector_weight", kGgufProjectorWeight},
+      {"projector_bias", kGgufProjectorBias},
+  };
+  return keys;
+}
+
+std::string gguf_key(const std::string& tmpl, const std::string& value) {
+  const size_t open = tmpl.find('{'), close = tmpl.find('}', open);
+  if (open == std::string::npos || close == std::string::npos) return tmpl;
+  return tmpl.substr(0, open) + value + tmpl.substr(close + 1);
 }
 
 }  // namespace jv4::jina

@@ -4,6 +4,7 @@
 // compiled module instead of restating them.
 #pragma once
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace jv4::jina {
@@ -18,8 +19,14 @@ const std::vector<int>& trained_dims();
 // The prefix for (task, role); std::invalid_argument naming the allowed values.
 std::string prefix(const std::string& task, const std::string& role);
 
-// Throw std::invalid_argument listing the allowed values when the argument is not one.
-void check_task(const std::string& task);
+// Throw std::invalid_argument listing the allowed values when the argument is
+// not one. `name`: the argument's name in the message ("merge", "adapter
+// task"); `or_none`: the message says None is allowed too.
+void check_task(const std::string& task, const std::string& name = "task", bool or_none = false);
+// that message, for a value shown as `got` (e.g. a Python repr)
+std::string bad_task(const std::string& got, const std::string& name = "task", bool or_none = false);
+// "'retrieval', 'text-matching', 'code'"
+std::string quoted_tasks();
 void check_role(const std::string& role);
 
 // True when a model name or file name says jina-embeddings-v4.
@@ -31,6 +38,22 @@ std::string name_tag(const std::string& task);
 // The official GGUF repository of a task, e.g.
 // "jinaai/jina-embeddings-v4-text-retrieval-GGUF".
 std::string official_repo(const std::string& task);
+
+// The GGUF keys and tensor names of `jv4 convert`'s files, read here and
+// written by python/jv4/checkpoint.py, which takes them from
+// jv4._core.GGUF_KEYS (this table): one definition for both sides. A
+// "{task}" / "{role}" in a template is filled in by gguf_key().
+inline constexpr const char* kGgufBase = "jina_v4.base";                   // bool: a base model
+inline constexpr const char* kGgufTask = "jina_v4.task";                   // an adapter's (or merged file's) task
+inline constexpr const char* kGgufSource = "jina_v4.source";               // "jv4 convert"
+inline constexpr const char* kGgufPrefix = "jina_v4.prefix.{role}";        // an adapter's prefixes
+inline constexpr const char* kGgufProjectorTasks = "jina_v4.projector.tasks";
+inline constexpr const char* kGgufProjectorWeight = "multi_vector.{task}.weight";  // F32 [n_embd, out]
+inline constexpr const char* kGgufProjectorBias = "multi_vector.{task}.bias";      // F32 [out]
+// (name, template) of each, as jv4._core.GGUF_KEYS holds them
+const std::vector<std::pair<std::string, std::string>>& gguf_keys();
+// a template with its one {...} placeholder replaced by value
+std::string gguf_key(const std::string& tmpl, const std::string& value);
 
 // Lowercase, '_' and ' ' turned into '-'.
 std::string lower_dashed(std::string s);

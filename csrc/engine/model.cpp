@@ -22,6 +22,7 @@
 #include "engine/errors.hpp"
 #include "engine/gguf_check.hpp"
 #include "engine/jina.hpp"
+#include "engine/load_policy.hpp"
 #include "engine/logging.hpp"
 #include "engine/projector.hpp"
 #include "engine/truncation.hpp"
@@ -34,8 +35,6 @@
 namespace jv4 {
 namespace {
 
-constexpr int kDefaultMaxLength = 32768;  // the reference's max_length
-constexpr int kDefaultBatchTokens = 512;
 constexpr int kMaxSeqPerBatch = 256;      // llama.cpp's LLAMA_MAX_SEQ
 constexpr int kCtxGranule = 256;
 constexpr size_t kHeadMinBytes = 16 * 1024;  // smallest text head tokenize_head tries
@@ -79,36 +78,6 @@ struct BatchHolder {
   ~BatchHolder() { llama_batch_free(b); }
 };
 
-// Importance-matrix statistics, as llama.cpp's imatrix tool gathers them:
-// for every matrix product with a model weight, the sum over tokens of each
-// input activation squared, and the number of tokens.
-bool imatrix_cb(ggml_tensor* t, bool ask, void* data) {
-  if (t->op != GGML_OP_MUL_MAT) return ask ? false : true;
-  const ggml_tensor* w = t->src[0];
-  const ggml_tensor* x = t->src[1];
-  const char* name = w != nullptr ? ggml_get_name(w) : "";
-  const size_t len = std::strlen(name);
-  const bool weight = len > 7 && std::strcmp(name + len - 7, ".weight") == 0;
-  if (ask) return weight && x != nullptr && x->type == GGML_TYPE_F32;
-  if (!weight || x == nullptr || x->type != GGML_TYPE_F32 || !ggml_backend_buffer_is_host(x->buffer)) return true;
-  auto& stats = *static_cast<ImatrixStats*>(data);
-  auto& e = stats[name];
-  if (e.sums.empty()) e.sums.assign(static_cast<size_t>(x->ne[0]), 0.0);
-  if (e.sums.size() != static_cast<size_t>(x->ne[0])) return true;  // a differently shaped use: not counted
-  for (int64_t i3 = 0; i3 < x->ne[3]; ++i3) {
-    for (int64_t i2 = 0; i2 < x->ne[2]; ++i2) {
-      for (int64_t r = 0; r < x->ne[1]; ++r) {
-        const auto* row = reinterpret_cast<const float*>(static_cast<const char*>(x->data) + r * x->nb[1] +
-                                                         i2 * x->nb[2] + i3 * x->nb[3]);
-        for (int64_t j = 0; j < x->ne[0]; ++j) e.sums[static_cast<size_t>(j)] += static_cast<double>(row[j]) * row[j];
-        e.count += 1;
-      }
-    }
-  }
-  return true;
-}
-
-
 }  // namespace
 
 // The file is checked before llama.cpp sees it, so that common mistakes get a
@@ -127,239 +96,76 @@ static void precheck_file(const std::string& path) {
 
 namespace {
 
-struct WeightTypes {
-  bool repackable = false;         // some tensor has a CPU repacked layout (x86: Q4_0, IQ4_NL, Q4_K, Q2_K;
-                                   // Q8_0 with AVX512-VNNI; BF16 with AVX512-BF16)
-  bool repack_is_slower = false;   // ...and it is one measured slower repacked
-  bool f16_matrix = false;         // some 2-D tensor is F16
-};
-
-// Tensor types from the GGUF header alone (no data read). Measured on an
-// AMD EPYC (Zen 4), mini shape, llama-bench pp512, 2 threads, repack on / off:
-// Q4_K_M 1313 / 2072 tok/s (AVX-512 build), 1054 / 1104 (AVX2 build);
-// Q2_K 1128 / 1958 and 928 / 958; Q4_0 1416 / 1030 and 922 / 742.
-// So on x86 Q4_K and Q2_K run unrepacked by default, everything else as
-// llama.cpp decides (docs/benchmarks.md, "Weight repacking by type"). Other
-// architectures have other repacked kernels, not measured here: their
-// default stays llama.cpp's.
-WeightTypes scan_weight_types(const std::string& path) {
-  WeightTypes wt;
+// The tensor types of a GGUF, from its header alone (no data read).
+FileFacts read_file_facts(const std::string& path) {
+  FileFacts f;
   gguf_init_params gp{/*no_alloc=*/true, /*ctx=*/nullptr};
   gguf_context* g = gguf_init_from_file(path.c_str(), gp);
-  if (g == nullptr) return wt;  // the loader below reports what is wrong
-  for (int64_t i = 0; i < gguf_get_n_tensors(g); ++i) {
-    if (gguf_get_tensor_type(g, i) == GGML_TYPE_F16) wt.f16_matrix = true;  // (the loader checks shapes)
-    switch (gguf_get_tensor_type(g, i)) {
-      case GGML_TYPE_Q4_K:
-      case GGML_TYPE_Q2_K:
-#if defined(__x86_64__) || defined(_M_X64)
-        wt.repack_is_slower = true;
-#endif
-        wt.repackable = true;
-        break;
-      case GGML_TYPE_Q4_0:
-      case GGML_TYPE_IQ4_NL:
-        wt.repackable = true;
-        break;
-      case GGML_TYPE_Q8_0:
-        // jv4's fetch-time patch "Q8_0 weights for AVX512-VNNI" repacks these
-        // where the build's CPU code has AVX512-VNNI (tools/fetch_llama_cpp.py)
-        if (ggml_cpu_has_avx512_vnni()) wt.repackable = true;
-        break;
-      case GGML_TYPE_BF16:
-        // ...and "BF16 weights for AVX512-BF16" these (F16 ones too, when held
-        // as BF16: see Model::Model)
-        if (ggml_cpu_has_avx512_bf16()) wt.repackable = true;
-        break;
-      default:
-        break;
-    }
-  }
+  if (g == nullptr) return f;  // the loader reports what is wrong
+  for (int64_t i = 0; i < gguf_get_n_tensors(g); ++i) f.tensor_types.push_back(gguf_get_tensor_type(g, i));
   gguf_free(g);
-  return wt;
+  return f;
 }
+
+BuildFacts build_facts() {
+  BuildFacts b;
+#if defined(__x86_64__) || defined(_M_X64)
+  b.x86 = true;
+#endif
+  b.avx512_vnni = ggml_cpu_has_avx512_vnni() != 0;  // the build's CPU code, where jv4's kernels live
+  b.avx512_bf16 = ggml_cpu_has_avx512_bf16() != 0;
+  b.n_gpus = count_gpus();
+  return b;
+}
+
+// Thread-local switches of jv4's loader patches, set for one load only.
+struct LoaderSwitches {
+  explicit LoaderSwitches(bool f16_as_bf16) {
+    llama_jv4_set_f16_as_bf16(f16_as_bf16);  // patch 0008
+    llama_jv4_set_no_lm_head(true);          // patch 0009: jv4 never computes logits
+  }
+  ~LoaderSwitches() {
+    llama_jv4_set_f16_as_bf16(false);
+    llama_jv4_set_no_lm_head(false);
+  }
+};
 
 }  // namespace
 
-namespace {
-
-// KV cache element types llama.cpp's CPU attention takes (its own list for
-// --cache-type-k/-v); the quantized ones need flash attention for V.
-const std::vector<std::pair<std::string, ggml_type>>& kv_type_table() {
-  static const std::vector<std::pair<std::string, ggml_type>> table = {
-      {"f32", GGML_TYPE_F32},   {"f16", GGML_TYPE_F16},   {"bf16", GGML_TYPE_BF16},
-      {"q8_0", GGML_TYPE_Q8_0}, {"q5_1", GGML_TYPE_Q5_1}, {"q5_0", GGML_TYPE_Q5_0},
-      {"q4_1", GGML_TYPE_Q4_1}, {"q4_0", GGML_TYPE_Q4_0}, {"iq4_nl", GGML_TYPE_IQ4_NL},
-  };
-  return table;
-}
-
-}  // namespace
-
-const std::vector<std::string>& kv_cache_types() {
-  static const std::vector<std::string> names = [] {
-    std::vector<std::string> out;
-    for (const auto& [name, type] : kv_type_table()) out.push_back(name);
-    return out;
-  }();
-  return names;
-}
-
-std::string Model::kv_cache_type_name() const {
-  for (const auto& [name, type] : kv_type_table()) {
-    if (type == kv_type_) return name;
-  }
-  return "f16";  // llama.cpp's default
-}
-
-Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
-  for (auto [name, v] : {std::pair{"n_threads", opts.n_threads}, std::pair{"max_length", opts.max_length},
-                         std::pair{"batch_tokens", opts.batch_tokens}}) {
-    if (v && *v < 1) {
-      throw std::invalid_argument(std::string(name) + " must be >= 1 (or None), got " + std::to_string(*v));
-    }
-  }
-  if (opts.n_gpu_layers && *opts.n_gpu_layers < 0) {
-    throw std::invalid_argument("n_gpu_layers must be >= 0 (0: CPU only) or None for all layers, got " +
-                                std::to_string(*opts.n_gpu_layers));
-  }
-  flash_attn_ = opts.flash_attn;
-  if (opts.kv_cache_type) {
-    std::string allowed;
-    for (const auto& [name, type] : kv_type_table()) {
-      if (name == *opts.kv_cache_type) kv_type_ = type;
-      allowed += (allowed.empty() ? "" : ", ") + name;
-    }
-    if (kv_type_ < 0) {
-      throw std::invalid_argument("kv_cache_type must be one of " + allowed + " (or None: the default, see the docs), got '" +
-                                  *opts.kv_cache_type + "'");
-    }
-    if (ggml_is_quantized(static_cast<ggml_type>(kv_type_)) && flash_attn_ == false) {
-      throw std::invalid_argument("kv_cache_type='" + *opts.kv_cache_type +
-                                  "' is quantized, which llama.cpp supports only with flash attention: "
-                                  "use flash_attn=True or None");
-    }
-  }
+Model::Model(const std::string& path, const ModelOptions& opts) : path_(path), flash_attn_(opts.flash_attn) {
+  check_options(opts);
   precheck_file(path);
   init_backend();
   take_thread_errors();
   check_gguf(path);
   take_thread_errors();
+  const BuildFacts build = build_facts();
+  policy_ = decide_load(read_file_facts(path), build, opts);
+  take_thread_errors();  // a bad header is reported by the loader below
 
   llama_model_params mp = llama_model_default_params();
-  mp.load_mode = LLAMA_LOAD_MODE_MMAP;  // weights stay in the page cache, shared
-  // Everything on the accelerator when the build has one (a build or a
-  // machine without one simply runs on the CPU).
-  mp.n_gpu_layers = opts.n_gpu_layers.value_or(-1);
-  const int n_gpus = count_gpus();
-  if (opts.main_gpu) {
-    if (*opts.main_gpu < 0 || *opts.main_gpu >= n_gpus) {
-      throw std::invalid_argument("main_gpu=" + std::to_string(*opts.main_gpu) + " but this build sees " +
-                                  std::to_string(n_gpus) + " GPU device(s)" +
-                                  (n_gpus ? " (0.." + std::to_string(n_gpus - 1) + ")" : std::string()));
-    }
-    mp.main_gpu = *opts.main_gpu;
+  mp.load_mode = policy_.mmap ? LLAMA_LOAD_MODE_MMAP : LLAMA_LOAD_MODE_NONE;  // mapped: pages shared
+  mp.n_gpu_layers = policy_.n_gpu_layers;
+  if (policy_.main_gpu) {
+    mp.main_gpu = *policy_.main_gpu;
     mp.split_mode = LLAMA_SPLIT_MODE_NONE;  // the whole model on that one GPU
   }
-  WeightTypes wt = scan_weight_types(path);
-  take_thread_errors();  // a bad header is reported by the loader below
-  // F16 matrices as BF16 (fetch-time patch "F16 weights as BF16"): where the
-  // CPU code has AVX512-BF16 the BF16 kernels ran the v4 shape 1.45 x faster
-  // than F16's (docs/benchmarks.md). Only for CPU-held weights; the file is
-  // then read, not mapped (a converted tensor is a copy).
-  const bool cpu_only = n_gpus == 0 || mp.n_gpu_layers == 0;
-  const bool bf16_kernels = ggml_cpu_has_avx512_bf16() != 0;  // the build's CPU code (jv4's BF16 patches)
-  f16_as_bf16_ = wt.f16_matrix && opts.f16_as_bf16.value_or(bf16_kernels && cpu_only);
-  if (f16_as_bf16_) {
-    mp.load_mode = LLAMA_LOAD_MODE_NONE;
-    if (bf16_kernels) wt.repackable = true;  // held as BF16, so repacked as BF16
+  mp.use_extra_bufts = policy_.repack;
+  {
+    LoaderSwitches switches(policy_.f16_as_bf16);
+    model_ = llama_model_load_from_file(path.c_str(), mp);
   }
-  repack_ = opts.repack.value_or(!wt.repack_is_slower);
-  mp.use_extra_bufts = repack_;
-  if (repack_ && wt.repackable) {
-    // Repacked weights are copies: under mmap the file's pages of the same
-    // tensors (read once to repack them) stay in the process too, e.g. v4
-    // Q4_K_M peaked at file + 1.4 GiB instead of file + 0.2. Read instead.
-    mp.load_mode = LLAMA_LOAD_MODE_NONE;
-  }
-  load_mode_ = mp.load_mode == LLAMA_LOAD_MODE_MMAP ? "mmap" : "read";
-  struct F16Switch {  // thread-local in the loader: set for this load only
-    explicit F16Switch(bool on) { llama_jv4_set_f16_as_bf16(on); }
-    ~F16Switch() { llama_jv4_set_f16_as_bf16(false); }
-  } f16_switch(f16_as_bf16_);
-  struct NoLmHead {  // thread-local in the loader: no tied lm_head copy (jv4 never computes logits)
-    NoLmHead() { llama_jv4_set_no_lm_head(true); }
-    ~NoLmHead() { llama_jv4_set_no_lm_head(false); }
-  } no_lm_head;
-  model_ = llama_model_load_from_file(path.c_str(), mp);
   if (model_ == nullptr) {
     std::string why = take_thread_errors();
     throw ModelLoadError(path + ": cannot load model" + (why.empty() ? "" : ": " + why));
   }
   try {
-    vocab_ = llama_model_get_vocab(model_);
-    if (vocab_ == nullptr || llama_vocab_n_tokens(vocab_) <= 0) {
-      throw ModelLoadError(path + ": the model has no vocabulary");
-    }
-    if (llama_model_has_encoder(model_) && llama_model_has_decoder(model_)) {
-      throw ModelLoadError(path + ": encoder-decoder models are not supported for embeddings");
-    }
-    n_embd_ = llama_model_n_embd_out(model_);
-    if (n_embd_ <= 0) n_embd_ = llama_model_n_embd(model_);
-    n_ctx_train_ = llama_model_n_ctx_train(model_);
-    if (!opts.kv_cache_type && flash_attn_ != false && cpu_only && bf16_kernels) {
-      // A BF16 KV cache where flash attention multiplies it with BF16 dot
-      // products (fetch-time patch), unless the weights are full precision
-      // (F32, or F16 kept as F16): v4 F16 at 8192 tokens a text ran 1.23 x
-      // faster, cosine to the reference unchanged to 1e-6 (docs/benchmarks.md).
-      const llama_ftype ft = llama_model_ftype(model_);
-      const bool full_precision = ft == LLAMA_FTYPE_ALL_F32 || (ft == LLAMA_FTYPE_MOSTLY_F16 && !f16_as_bf16_);
-      if (!full_precision) kv_type_ = GGML_TYPE_BF16;
-    }
-
-    const std::string arch = meta(model_, "general.architecture");
-    const std::string name = meta(model_, "general.name");
-    const std::string basename = meta(model_, "general.basename");
-    const std::string file = std::filesystem::path(path).filename().string();
-    for (const std::string* s : {&name, &basename, &file}) {
-      if (jina::is_jina_v4_name(*s)) jina_v4_ = true;
-    }
-    // Qwen2's reference tokenizer normalises text to Unicode NFC first (the
-    // normalizer of its tokenizer.json); llama.cpp's does not, so the caller
-    // does it for this family. Other families keep what llama.cpp does.
-    tokenizer_pre_ = meta(model_, "tokenizer.ggml.pre");
-    normalization_ = tokenizer_pre_ == "qwen2" ? "NFC" : "";
-    init_head_cut();
-    if (jina_v4_) {
-      // metadata first, the file name only as a fallback
-      for (const std::string* s : {&name, &basename, &file}) {
-        task_ = jina::task_from_name(*s);
-        if (!task_.empty()) break;
-      }
-      pooling_ = "mean";
-    } else {
-      const std::string pt = meta(model_, arch + ".pooling_type");
-      if (pt == "2") pooling_ = "cls";
-      else if (pt == "3") pooling_ = "last";
-      else if (pt == "4") throw ModelLoadError(path + ": reranker (rank pooling) models are not supported");
-      else pooling_ = "mean";
-    }
-    pool_ = parse_pooling(pooling_);
-    base_ = jina_v4_ && meta(model_, "jina_v4.base") == "true";
-
-    int cap = n_ctx_train_ > 0 ? n_ctx_train_ : kDefaultMaxLength;
-    if (opts.max_length) {
-      if (*opts.max_length > cap) {
-        throw std::invalid_argument("max_length=" + std::to_string(*opts.max_length) +
-                                    " is above the model's trained context (" +
-                                    std::to_string(cap) + " tokens)");
-      }
-      max_length_ = *opts.max_length;
-    } else {
-      max_length_ = std::min(kDefaultMaxLength, cap);
-    }
-    batch_tokens_ = opts.batch_tokens.value_or(kDefaultBatchTokens);
-    n_threads_ = opts.n_threads.value_or(std::max(1, static_cast<int>(std::thread::hardware_concurrency())));
+    read_model_facts();
+    kv_cache_type_ = decide_kv_cache_type(policy_, build, opts, llama_model_ftype(model_));
+    const ContextPolicy ctx = decide_context(opts, n_ctx_train_, static_cast<int>(std::thread::hardware_concurrency()));
+    max_length_ = ctx.max_length;
+    batch_tokens_ = ctx.batch_tokens;
+    n_threads_ = ctx.n_threads;
     ensure_context(batch_tokens_);
     causal_ = llama_get_causal_attn(ctx_);
     if (!causal_ && batch_tokens_ < max_length_) {
@@ -368,50 +174,98 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
       free_context();
       ensure_context(batch_tokens_);
     }
-
     load_adapters(opts);
-
-    char desc[256];
-    llama_model_desc(model_, desc, sizeof(desc));
-    info_ = {
-        {"path", path},
-        {"architecture", arch},
-        {"name", name},
-        {"basename", basename},
-        {"description", desc},
-        {"task", task_},
-        {"pooling", pooling_},
-        {"tokenizer_pre", tokenizer_pre_},
-        {"truncation", head_cut_ ? "head" : "whole text"},
-        {"normalization", normalization_},
-        {"jina_v4", jina_v4_ ? "1" : "0"},
-        {"n_embd", std::to_string(n_embd_)},
-        {"n_layer", std::to_string(llama_model_n_layer(model_))},
-        {"n_head", std::to_string(llama_model_n_head(model_))},
-        {"n_vocab", std::to_string(llama_vocab_n_tokens(vocab_))},
-        {"n_ctx_train", std::to_string(n_ctx_train_)},
-        {"n_params", std::to_string(llama_model_n_params(model_))},
-        {"size_bytes", std::to_string(llama_model_size(model_))},
-        {"causal", causal_ ? "1" : "0"},
-        {"repack", repack_ ? "1" : "0"},
-        {"f16_as_bf16", f16_as_bf16_ ? "1" : "0"},
-        {"flash_attn", !flash_attn_ ? "auto" : *flash_attn_ ? "on" : "off"},
-        {"kv_cache_type", kv_cache_type_name()},
-        {"load_mode", load_mode_},
-        {"file_type", llama_ftype_name(llama_model_ftype(model_))},
-        {"n_gpu_layers", std::to_string(mp.n_gpu_layers)},
-        {"base", base_ ? "1" : "0"},
-        {"projector", opts.projector.value_or("")},
-    };
-    std::string tasks;
-    for (const std::string& t : adapter_tasks()) tasks += (tasks.empty() ? "" : ",") + t;
-    info_["adapters"] = tasks;
+    gather_info(opts);
   } catch (...) {
     free_context();
     llama_model_free(model_);
     model_ = nullptr;
     throw;
   }
+}
+
+// What the loaded model says of itself: sizes, vocabulary, whether it is a
+// jina-v4 model (and which task), pooling, normalisation.
+void Model::read_model_facts() {
+  vocab_ = llama_model_get_vocab(model_);
+  if (vocab_ == nullptr || llama_vocab_n_tokens(vocab_) <= 0) {
+    throw ModelLoadError(path_ + ": the model has no vocabulary");
+  }
+  if (llama_model_has_encoder(model_) && llama_model_has_decoder(model_)) {
+    throw ModelLoadError(path_ + ": encoder-decoder models are not supported for embeddings");
+  }
+  n_embd_ = llama_model_n_embd_out(model_);
+  if (n_embd_ <= 0) n_embd_ = llama_model_n_embd(model_);
+  n_ctx_train_ = llama_model_n_ctx_train(model_);
+
+  const std::string arch = meta(model_, "general.architecture");
+  const std::string name = meta(model_, "general.name");
+  const std::string basename = meta(model_, "general.basename");
+  const std::string file = std::filesystem::path(path_).filename().string();
+  for (const std::string* s : {&name, &basename, &file}) {
+    if (jina::is_jina_v4_name(*s)) jina_v4_ = true;
+  }
+  // Qwen2's reference tokenizer normalises text to Unicode NFC first (the
+  // normalizer of its tokenizer.json); llama.cpp's does not, so the caller
+  // does it for this family. Other families keep what llama.cpp does.
+  tokenizer_pre_ = meta(model_, "tokenizer.ggml.pre");
+  normalization_ = tokenizer_pre_ == "qwen2" ? "NFC" : "";
+  init_head_cut();
+  if (jina_v4_) {
+    // metadata first, the file name only as a fallback
+    for (const std::string* s : {&name, &basename, &file}) {
+      task_ = jina::task_from_name(*s);
+      if (!task_.empty()) break;
+    }
+    pooling_ = "mean";
+  } else {
+    const std::string pt = meta(model_, arch + ".pooling_type");
+    if (pt == "2") pooling_ = "cls";
+    else if (pt == "3") pooling_ = "last";
+    else if (pt == "4") throw ModelLoadError(path_ + ": reranker (rank pooling) models are not supported");
+    else pooling_ = "mean";
+  }
+  pool_ = parse_pooling(pooling_);
+  base_ = jina_v4_ && meta(model_, jina::kGgufBase) == "true";
+}
+
+void Model::gather_info(const ModelOptions& opts) {
+  ModelInfo& i = info_;
+  i.path = path_;
+  i.architecture = meta(model_, "general.architecture");
+  i.name = meta(model_, "general.name");
+  i.basename = meta(model_, "general.basename");
+  char desc[256];
+  llama_model_desc(model_, desc, sizeof(desc));
+  i.description = desc;
+  if (!task_.empty()) i.task = task_;
+  i.pooling = pooling_;
+  i.tokenizer_pre = tokenizer_pre_;
+  i.truncation = head_cut_ ? "head" : "whole text";
+  i.normalization = normalization_;
+  i.jina_v4 = jina_v4_;
+  i.base = base_;
+  i.adapters = adapter_tasks();
+  i.projector = opts.projector;
+  i.n_embd = n_embd_;
+  i.n_layer = llama_model_n_layer(model_);
+  i.n_head = llama_model_n_head(model_);
+  i.n_vocab = llama_vocab_n_tokens(vocab_);
+  i.n_ctx_train = n_ctx_train_;
+  i.n_params = static_cast<int64_t>(llama_model_n_params(model_));
+  i.size_bytes = static_cast<int64_t>(llama_model_size(model_));
+  i.file_type = llama_ftype_name(llama_model_ftype(model_));
+  i.causal = causal_;
+  i.n_threads = n_threads_;
+  i.max_length = max_length_;
+  i.batch_tokens = batch_tokens_;
+  i.repack = policy_.repack;
+  i.f16_as_bf16 = policy_.f16_as_bf16;
+  i.load_mode = policy_.load_mode();
+  i.n_gpu_layers = policy_.n_gpu_layers;
+  i.main_gpu = policy_.main_gpu;
+  i.flash_attn = !flash_attn_ ? "auto" : *flash_attn_ ? "on" : "off";
+  i.kv_cache_type = kv_cache_type_;
 }
 
 Model::~Model() {
@@ -444,15 +298,13 @@ void Model::ensure_context(int n_ctx_needed) {
   cp.pooling_type = LLAMA_POOLING_TYPE_NONE;  // per-token outputs; pooled here
   cp.kv_unified = true;
   if (flash_attn_) cp.flash_attn_type = *flash_attn_ ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
-  if (kv_type_ >= 0) {
-    cp.type_k = static_cast<ggml_type>(kv_type_);
-    cp.type_v = static_cast<ggml_type>(kv_type_);
-  }
+  cp.type_k = static_cast<ggml_type>(kv_cache_type_of(kv_cache_type_));
+  cp.type_v = cp.type_k;
   cp.no_perf = true;
   cp.abort_callback = abort_cb;
   cp.abort_callback_data = &cancel_;
   if (eval_data_ != nullptr) {  // imatrix(): observe the weight products
-    cp.cb_eval = imatrix_cb;
+    cp.cb_eval = imatrix_observe;
     cp.cb_eval_user_data = eval_data_;
   }
   take_thread_errors();
@@ -507,9 +359,9 @@ void Model::load_adapters(const ModelOptions& opts) {
       std::string why = take_thread_errors();
       throw ModelLoadError(file + ": cannot load it as a LoRA adapter of " + path_ + (why.empty() ? "" : ": " + why));
     }
-    const std::string task = adapter_meta(a, "jina_v4.task");
+    const std::string task = adapter_meta(a, jina::kGgufTask);
     if (task.empty() || std::find(jina::tasks().begin(), jina::tasks().end(), task) == jina::tasks().end()) {
-      throw ModelLoadError(file + ": not a jina-embeddings-v4 task adapter (its jina_v4.task is '" + task +
+      throw ModelLoadError(file + ": not a jina-embeddings-v4 task adapter (its " + jina::kGgufTask + " is '" + task +
                            "'; allowed: " + quoted(jina::tasks()) + ")");
     }
     if (task_given && *task_given != task) {
@@ -564,8 +416,7 @@ void Model::resolve_task(const std::optional<std::string>& task_in, Request& req
     if (task_.empty()) {
       throw std::invalid_argument(
           path_ + ": cannot tell which jina-embeddings-v4 task this file was merged for "
-          "(neither general.name nor the file name says); pass task= one of "
-          "'retrieval', 'text-matching', 'code'");
+          "(neither general.name nor the file name says); pass task= one of " + jina::quoted_tasks());
     }
     req.task = task_;
     return;

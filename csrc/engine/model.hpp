@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "engine/imatrix.hpp"
+#include "engine/load_policy.hpp"
+#include "engine/options.hpp"
 #include "engine/output.hpp"
 
 struct llama_model;
@@ -23,28 +25,28 @@ struct llama_vocab;
 
 namespace jv4 {
 
-struct ModelOptions {
-  std::optional<int> n_threads;     // none: all cores
-  std::optional<int> max_length;    // none: 32768 capped by the trained context
-  std::optional<int> batch_tokens;  // none: default token budget per decode
-  std::optional<bool> repack;       // CPU weight repacking; none: by weight type
-  std::optional<int> n_gpu_layers;  // layers placed on the GPU; none: all (0: CPU only)
-  std::optional<int> main_gpu;      // the GPU holding the model; none: split over all GPUs
-  // jina-v4 task adapters over a base model from `jv4 convert`: (task, LoRA
-  // GGUF); no task: the one the file names (a given task must agree with it)
-  std::vector<std::pair<std::optional<std::string>, std::string>> adapters;
-  std::optional<std::string> projector;  // multi-vector projector GGUF
-  // hold F16 matrices as BF16 (converted once while the file is read);
-  // none: on where ggml's CPU code has AVX512-BF16 and nothing goes to a GPU
-  std::optional<bool> f16_as_bf16;
-  // attention: flash attention on / off (none: llama.cpp decides; on the CPU
-  // it turns it on) and the KV cache's element type (none: f16)
-  std::optional<bool> flash_attn;
-  std::optional<std::string> kv_cache_type;
+// What a loaded model is and how it was loaded (Model::info()): typed, and
+// handed to Python field by field by the binding.
+struct ModelInfo {
+  std::string path, architecture, name, basename, description;
+  std::optional<std::string> task;  // jina-v4 task of a merged file; none otherwise
+  std::string pooling, tokenizer_pre, truncation, normalization;
+  bool jina_v4 = false, base = false;
+  std::vector<std::string> adapters;      // tasks with a loaded adapter
+  std::optional<std::string> projector;   // the projector file
+  int n_embd = 0, n_layer = 0, n_head = 0, n_vocab = 0, n_ctx_train = 0;
+  int64_t n_params = 0, size_bytes = 0;
+  std::string file_type;
+  bool causal = true;
+  // the options as they came out (load_policy.hpp)
+  int n_threads = 0, max_length = 0, batch_tokens = 0;
+  bool repack = false, f16_as_bf16 = false;
+  std::string load_mode;  // "mmap" or "read"
+  int n_gpu_layers = -1;  // -1: all
+  std::optional<int> main_gpu;
+  std::string flash_attn;     // "auto", "on", "off"
+  std::string kv_cache_type;  // the type in use
 };
-
-// the KV cache types a context accepts, by name ("f16", "bf16", "q8_0", ...)
-const std::vector<std::string>& kv_cache_types();
 
 // Counters that embed() advances as its decodes finish. Written by the
 // thread computing, read by any other (the binding polls them to drive a
@@ -92,7 +94,7 @@ class Model {
   const std::string& normalization() const { return normalization_; }
   const std::string& path() const { return path_; }
   std::vector<int> dims() const;  // allowed `dim` values
-  const std::map<std::string, std::string>& info() const { return info_; }
+  const ModelInfo& info() const { return info_; }
   // tasks with a loaded adapter / a multi-vector projector (in jina::tasks() order)
   std::vector<std::string> adapter_tasks() const;
   std::vector<std::string> projector_tasks() const;
@@ -148,12 +150,9 @@ class Model {
   int n_ctx_train_ = 0;
   int max_length_ = 0;
   int batch_tokens_ = 0;
-  bool repack_ = false;
-  bool f16_as_bf16_ = false;
+  LoadPolicy policy_;
   std::optional<bool> flash_attn_;
-  int kv_type_ = -1;  // ggml_type of the KV cache; -1: llama.cpp's default (f16)
-  std::string kv_cache_type_name() const;  // its name in kv_cache_types()
-  std::string load_mode_;
+  std::string kv_cache_type_;  // one of kv_cache_types()
   int n_seq_max_ = 0;
   int n_threads_ = 0;
   bool jina_v4_ = false;
@@ -164,6 +163,8 @@ class Model {
   bool base_ = false;
   std::map<std::string, llama_adapter_lora*> adapters_;
   std::map<std::string, Projector> projectors_;
+  void read_model_facts();
+  void gather_info(const ModelOptions& opts);
   void load_adapters(const ModelOptions& opts);
   void resolve_task(const std::optional<std::string>& task_in, Request& req) const;
   std::string tokenizer_pre_;
@@ -173,7 +174,7 @@ class Model {
   std::vector<uint32_t> reserved_;
   void init_head_cut();
   std::string normalization_;
-  std::map<std::string, std::string> info_;
+  ModelInfo info_;
   std::mutex mu_;  // guards ctx_ (one decode at a time)
   // read by llama.cpp's abort callback during a decode
   std::atomic<const std::atomic<bool>*> cancel_{nullptr};

@@ -18,7 +18,8 @@ std::map<std::string, Projector> load_projectors(const std::string& path, int n_
   ggml_context* data = file.data;
   std::map<std::string, Projector> out;
   for (const std::string& task : jina::tasks()) {
-    const std::string wn = "multi_vector." + task + ".weight", bn = "multi_vector." + task + ".bias";
+    const std::string wn = jina::gguf_key(jina::kGgufProjectorWeight, task);
+    const std::string bn = jina::gguf_key(jina::kGgufProjectorBias, task);
     ggml_tensor* w = ggml_get_tensor(data, wn.c_str());
     ggml_tensor* b = ggml_get_tensor(data, bn.c_str());
     if (w == nullptr && b == nullptr) continue;
@@ -50,7 +51,9 @@ std::map<std::string, Projector> load_projectors(const std::string& path, int n_
     out.emplace(task, std::move(p));
   }
   if (out.empty()) {
-    throw ModelLoadError(path + ": holds no multi-vector projector (tensors multi_vector.<task>.weight/.bias)");
+    throw ModelLoadError(path + ": holds no multi-vector projector (tensors " +
+                         jina::gguf_key(jina::kGgufProjectorWeight, "<task>") + " / " +
+                         jina::gguf_key(jina::kGgufProjectorBias, "<task>") + ")");
   }
   return out;
 }

@@ -1,79 +1,286 @@
-"""Type stubs for the compiled module jv4._core (private: import jv4)."""
-from typing import Any, Callable, Optional
-
-import numpy as np
-import numpy.typing as npt
-
-__version__: str
-
-# the jina-embeddings-v4 rules (csrc/engine/jina.cpp)
-TASKS: tuple[str, ...]
-ROLES: tuple[str, ...]
-MATRYOSHKA_DIMS: tuple[int, ...]
-def jina_official_repo(task: str) -> str: ...
-
-class ModelLoadError(RuntimeError): ...
-
-def build_info() -> dict[str, Any]: ...
-def quantize_types() -> list[str]: ...
-def imatrix_types() -> list[str]: ...
-def quantize(src: str, dst: str, type: str, n_threads: Optional[int] = None,
-             imatrix: Optional[str] = None) -> None: ...
-
+# Generated from the compiled module by tools/stubgen.py (pybind11-stubgen); do not edit.
+# tests/test_stub.py fails when it differs from what the bindings say.
+"""
+jv4 native core (private; import jv4 instead)
+"""
+from __future__ import annotations
+import collections.abc
+import numpy
+import numpy.typing
+import typing
+__all__: list[str] = ['GGUF_KEYS', 'MATRYOSHKA_DIMS', 'Model', 'ModelInfo', 'ModelLoadError', 'ModelOptions', 'ROLES', 'TASKS', 'build_info', 'check_role', 'check_task', 'imatrix_types', 'jina_official_repo', 'jina_prefix', 'kv_cache_types', 'quantize', 'quantize_types']
+class ModelLoadError(RuntimeError):
+    pass
+class ModelOptions:
+    """
+    A Model's options by name; None everywhere means the documented default.
+    """
+    f16_as_bf16: bool | None
+    flash_attn: bool | None
+    kv_cache_type: str | None
+    projector: str | None
+    repack: bool | None
+    def __init__(self, **kwargs) -> None:
+        """
+        ModelOptions(**options): each keyword sets the option of that name
+        """
+    @property
+    def adapters(self) -> list[tuple[str | None, str]]:
+        ...
+    @adapters.setter
+    def adapters(self, arg0: collections.abc.Sequence[tuple[str | None, str]]) -> None:
+        ...
+    @property
+    def batch_tokens(self) -> int | None:
+        ...
+    @batch_tokens.setter
+    def batch_tokens(self, arg0: typing.SupportsInt | typing.SupportsIndex | None) -> None:
+        ...
+    @property
+    def main_gpu(self) -> int | None:
+        ...
+    @main_gpu.setter
+    def main_gpu(self, arg0: typing.SupportsInt | typing.SupportsIndex | None) -> None:
+        ...
+    @property
+    def max_length(self) -> int | None:
+        ...
+    @max_length.setter
+    def max_length(self, arg0: typing.SupportsInt | typing.SupportsIndex | None) -> None:
+        ...
+    @property
+    def n_gpu_layers(self) -> int | None:
+        ...
+    @n_gpu_layers.setter
+    def n_gpu_layers(self, arg0: typing.SupportsInt | typing.SupportsIndex | None) -> None:
+        ...
+    @property
+    def n_threads(self) -> int | None:
+        ...
+    @n_threads.setter
+    def n_threads(self, arg0: typing.SupportsInt | typing.SupportsIndex | None) -> None:
+        ...
+class ModelInfo:
+    """
+    What a loaded model is and how it was loaded (Model.info).
+    """
+    @property
+    def adapters(self) -> list[str]:
+        ...
+    @property
+    def architecture(self) -> str:
+        ...
+    @property
+    def base(self) -> bool:
+        ...
+    @property
+    def basename(self) -> str:
+        ...
+    @property
+    def batch_tokens(self) -> int:
+        ...
+    @property
+    def causal(self) -> bool:
+        ...
+    @property
+    def description(self) -> str:
+        ...
+    @property
+    def f16_as_bf16(self) -> bool:
+        ...
+    @property
+    def file_type(self) -> str:
+        ...
+    @property
+    def flash_attn(self) -> str:
+        ...
+    @property
+    def jina_v4(self) -> bool:
+        ...
+    @property
+    def kv_cache_type(self) -> str:
+        ...
+    @property
+    def load_mode(self) -> str:
+        ...
+    @property
+    def main_gpu(self) -> int | None:
+        ...
+    @property
+    def max_length(self) -> int:
+        ...
+    @property
+    def n_ctx_train(self) -> int:
+        ...
+    @property
+    def n_embd(self) -> int:
+        ...
+    @property
+    def n_gpu_layers(self) -> int:
+        ...
+    @property
+    def n_head(self) -> int:
+        ...
+    @property
+    def n_layer(self) -> int:
+        ...
+    @property
+    def n_params(self) -> int:
+        ...
+    @property
+    def n_threads(self) -> int:
+        ...
+    @property
+    def n_vocab(self) -> int:
+        ...
+    @property
+    def name(self) -> str:
+        ...
+    @property
+    def normalization(self) -> str:
+        ...
+    @property
+    def path(self) -> str:
+        ...
+    @property
+    def pooling(self) -> str:
+        ...
+    @property
+    def projector(self) -> str | None:
+        ...
+    @property
+    def repack(self) -> bool:
+        ...
+    @property
+    def size_bytes(self) -> int:
+        ...
+    @property
+    def task(self) -> str | None:
+        ...
+    @property
+    def tokenizer_pre(self) -> str:
+        ...
+    @property
+    def truncation(self) -> str:
+        ...
 class Model:
-    def __init__(self, path: str, n_threads: Optional[int] = None, max_length: Optional[int] = None,
-                 batch_tokens: Optional[int] = None, repack: Optional[bool] = None,
-                 n_gpu_layers: Optional[int] = None, main_gpu: Optional[int] = None,
-                 adapters: list[tuple[Optional[str], str]] = ..., projector: Optional[str] = None,
-                 f16_as_bf16: Optional[bool] = None) -> None: ...
+    def __init__(self, path: str, options: ModelOptions = ...) -> None:
+        ...
+    def embed(self, texts: typing.Any, task: str | None = None, role: str = 'query', dim: typing.SupportsInt | typing.SupportsIndex | None = None, truncate: bool = True, progress: collections.abc.Callable | None = None) -> numpy.typing.NDArray[numpy.float32]:
+        ...
+    def embed_multivector(self, texts: typing.Any, task: str | None = None, role: str = 'query', dim: typing.SupportsInt | typing.SupportsIndex | None = None, truncate: bool = True, progress: collections.abc.Callable | None = None) -> tuple[numpy.typing.NDArray[numpy.float32], numpy.typing.NDArray[numpy.float32], numpy.typing.NDArray[numpy.int64]]:
+        """
+        (pooled (n, dim), token vectors (total, width), offsets (n + 1,)): one call's single and per-token vectors from the same decodes
+        """
+    def imatrix(self, texts: typing.Any, path: str, task: str | None = None, role: str = 'passage', datasets: collections.abc.Sequence[str] = [], progress: collections.abc.Callable | None = None) -> dict:
+        """
+        llama.cpp's importance matrix of the texts (embed's forward pass), written to path; returns {weight: tokens seen}
+        """
+    def resolve_task(self, task: str | None = None) -> str | None:
+        """
+        the task a call with this task= runs (None for models without tasks); ValueError as embed
+        """
+    def tokenize(self, text: typing.Any, task: str | None = None, role: str = 'query', add_prefix: bool = True, max_length: typing.SupportsInt | typing.SupportsIndex | None = None) -> numpy.typing.NDArray[numpy.int32]:
+        ...
     @property
-    def n_embd(self) -> int: ...
+    def adapter_tasks(self) -> list[str]:
+        ...
     @property
-    def is_base(self) -> bool: ...
+    def batch_tokens(self) -> int:
+        ...
     @property
-    def adapter_tasks(self) -> list[str]: ...
+    def dims(self) -> list[int]:
+        ...
     @property
-    def projector_tasks(self) -> list[str]: ...
+    def info(self) -> ModelInfo:
+        ...
     @property
-    def task(self) -> str | None: ...
+    def is_base(self) -> bool:
+        ...
     @property
-    def is_jina_v4(self) -> bool: ...
+    def is_jina_v4(self) -> bool:
+        ...
     @property
-    def pooling(self) -> str: ...
+    def max_length(self) -> int:
+        ...
     @property
-    def max_length(self) -> int: ...
+    def n_embd(self) -> int:
+        ...
     @property
-    def batch_tokens(self) -> int: ...
+    def n_threads(self) -> int:
+        ...
     @property
-    def n_threads(self) -> int: ...
+    def normalization(self) -> str | None:
+        ...
     @property
-    def path(self) -> str: ...
+    def path(self) -> str:
+        ...
     @property
-    def dims(self) -> list[int]: ...
+    def pooling(self) -> str:
+        ...
     @property
-    def info(self) -> dict[str, str]: ...
-    def tokenize(self, text: str, task: Optional[str] = None, role: str = "query",
-                 add_prefix: bool = True, max_length: Optional[int] = None) -> npt.NDArray[np.int32]: ...
-    # progress(texts_done, tokens_done, tokens_total): called on the calling
-    # thread at most every 50 ms while the engine works, and once at the end
-    def embed(self, texts: str | list[str], task: Optional[str] = None, role: str = "query",
-              dim: Optional[int] = None, truncate: bool = True,
-              progress: Optional[Callable[[int, int, int], None]] = None) -> npt.NDArray[np.float32]: ...
-    def imatrix(self, texts: list[str], path: str, task: Optional[str] = None, role: str = "passage",
-                datasets: list[str] = ..., progress: Optional[Callable[[int, int, int], None]] = None
-                ) -> dict[str, int]: ...
-    # (pooled (n, dim), token vectors (total tokens, 128), offsets (n + 1,) int64)
-    def embed_multivector(self, texts: list[str], task: Optional[str] = None, role: str = "query",
-                          dim: Optional[int] = None, truncate: bool = True,
-                          progress: Optional[Callable[[int, int, int], None]] = None
-                          ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
-
-class _stages:  # the engine's pure stages, for tests
+    def projector_tasks(self) -> list[str]:
+        ...
+    @property
+    def task(self) -> str | None:
+        ...
+class _stages:
+    """
+    the engine's pure stages, for tests
+    """
     @staticmethod
-    def plan_decodes(n_tokens: list[int], batch_tokens: int, max_seqs: int
-                     ) -> tuple[list[int], list[tuple[bool, list[tuple[int, int, int, int, bool]]]], int]: ...
+    def context_policy(options: ModelOptions, n_ctx_train: typing.SupportsInt | typing.SupportsIndex, hardware_threads: typing.SupportsInt | typing.SupportsIndex) -> tuple[int, int, int]:
+        """
+        (max_length, batch_tokens, n_threads)
+        """
     @staticmethod
-    def pool(hidden: npt.NDArray[np.float32], pooling: str, dim: int) -> npt.NDArray[np.float32]: ...
+    def load_policy(tensor_types: collections.abc.Sequence[str], x86: bool, avx512_vnni: bool, avx512_bf16: bool, n_gpus: typing.SupportsInt | typing.SupportsIndex, options: ModelOptions, file_type: str) -> dict:
+        """
+        the load decisions for a file holding tensors of these ggml types (and of this llama file type) on a build with these facts
+        """
     @staticmethod
-    def project(hidden: npt.NDArray[np.float32], weight: npt.NDArray[np.float32],
-                bias: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
+    def plan_decodes(n_tokens: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], batch_tokens: typing.SupportsInt | typing.SupportsIndex, max_seqs: typing.SupportsInt | typing.SupportsIndex) -> tuple[list[int], list, int]:
+        """
+        (empty texts, [(clear, [(text, seq, begin, end, last)])], longest)
+        """
+    @staticmethod
+    def pool(hidden: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], pooling: str, dim: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float32]:
+        """
+        the pooled vector of one text from its tokens' hidden states
+        """
+    @staticmethod
+    def project(hidden: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], weight: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], bias: typing.Annotated[numpy.typing.ArrayLike, numpy.float32]) -> numpy.typing.NDArray[numpy.float32]:
+        """
+        every token's normalise(weight @ h + bias)
+        """
+def build_info() -> dict:
+    ...
+def check_role(role: typing.Any) -> None:
+    """
+    ValueError naming the allowed roles unless `role` is one
+    """
+def check_task(task: typing.Any, name: str = 'task', or_none: bool = False) -> None:
+    """
+    ValueError naming the allowed tasks unless `task` is one (or None, with or_none)
+    """
+def imatrix_types() -> list[str]:
+    ...
+def jina_official_repo(task: str) -> str:
+    """
+    The official GGUF repository of a task.
+    """
+def jina_prefix(task: str, role: str) -> str:
+    """
+    The text put before a text of this task and role (ValueError for others).
+    """
+def kv_cache_types() -> list[str]:
+    ...
+def quantize(src: str, dst: str, type: str, n_threads: typing.SupportsInt | typing.SupportsIndex | None = None, imatrix: str | None = None) -> None:
+    ...
+def quantize_types() -> list[str]:
+    ...
+GGUF_KEYS: dict = {'base': 'jina_v4.base', 'task': 'jina_v4.task', 'source': 'jina_v4.source', 'prefix': 'jina_v4.prefix.{role}', 'projector_tasks': 'jina_v4.projector.tasks', 'projector_weight': 'multi_vector.{task}.weight', 'projector_bias': 'multi_vector.{task}.bias'}
+MATRYOSHKA_DIMS: tuple = (128, 256, 512, 1024, 2048)
+ROLES: tuple = ('query', 'passage')
+TASKS: tuple = ('retrieval', 'text-matching', 'code')
+__version__: str = '0.1.0'

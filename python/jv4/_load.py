@@ -1,10 +1,9 @@
 """Loads the compiled engine: the one build of a source install, or, in a
 wheel that carries one build per x86-64 level, the best this CPU can run.
 
-A wheel for x86-64 holds `_core_v2` (x86-64-v2: SSE4.2), `_core_v3`
-(x86-64-v3: AVX2, FMA, F16C, BMI2) and `_core_avx512` (AVX-512
-F/CD/VL/DQ/BW + VBMI + VNNI + BF16), all statically linked, differing only in
-compiler flags. `_cpuinfo` (compiled for plain x86-64) reads CPUID and XCR0
+A wheel for x86-64 holds one module per level of cpu_levels.json (`_core_v2`
+for x86-64-v2, `_core_v3` for x86-64-v3, `_core_avx512`), all statically
+linked, differing only in compiler flags. `_cpuinfo` (compiled for plain x86-64) reads CPUID and XCR0
 first, so a build is never imported on a CPU or OS that cannot run it.
 `JV4_CPU=x86-64-v2|x86-64-v3|avx512` forces a level; `JV4_CPU=auto` (or unset)
 picks the best. The choice and its reason are in `jv4.build_info()["dispatch"]`.
@@ -16,20 +15,17 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import os
 import sys
 from types import ModuleType
 
-# best first: (level name, module, CPU features it needs)
-LEVELS = (
-    ("avx512", "_core_avx512",
-     ("os_ymm", "os_zmm", "avx", "avx2", "fma", "f16c", "bmi1", "bmi2", "lzcnt", "movbe",
-      "avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw", "avx512vbmi", "avx512vnni",
-      "avx512bf16")),
-    ("x86-64-v3", "_core_v3",
-     ("os_ymm", "avx", "avx2", "fma", "f16c", "bmi1", "bmi2", "lzcnt", "movbe")),
-    ("x86-64-v2", "_core_v2", ("sse3", "ssse3", "sse4_1", "sse4_2", "popcnt", "cx16")),
-)
+# best first: (level name, module, CPU features it needs), from the one
+# definition the build and tools/check_isa.py read too
+with open(os.path.join(os.path.dirname(__file__), "cpu_levels.json"), encoding="utf-8") as _f:
+    _DEFINED = json.load(_f)["levels"]
+LEVELS = tuple((lvl["name"], lvl["module"], tuple(lvl["cpu"])) for lvl in _DEFINED)
+LOWEST = _DEFINED[-1]
 
 dispatch: dict = {}
 
@@ -60,7 +56,7 @@ def choose(features: dict, available: list, forced: str = "auto") -> tuple:
     order = [lvl for lvl in names if lvl in supported and lvl in available]
     if not order:
         raise ImportError(f"jv4: this CPU supports none of the builds in the package "
-                          f"({', '.join(available)}); x86-64-v2 (SSE4.2) is the minimum")
+                          f"({', '.join(available)}); {LOWEST['name']} ({LOWEST['summary']}) is the minimum")
     return order, "the best level this CPU and OS support (CPUID, XCR0)", supported
 
 

@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 ProgressFn = Callable[[int, int, int], None]
 ModelSpec = Union[str, os.PathLike]
 
-_INT_INFO = {"n_embd", "n_layer", "n_head", "n_vocab", "n_ctx_train", "n_params", "size_bytes", "n_gpu_layers"}
-_BOOL_INFO = {"jina_v4", "causal", "repack", "base", "f16_as_bf16"}
+def info_dict(info: "_core.ModelInfo") -> dict:
+    """The engine's typed ModelInfo as a dict, field by field in its order."""
+    return {name: getattr(info, name) for name, attr in vars(type(info)).items()
+            if isinstance(attr, property)}
 
 
 def opt_int(name: str, value: Any, minimum: int = 1) -> Optional[int]:
@@ -70,8 +72,7 @@ def _adapter_pairs(adapters: Any) -> list:
     for task, p in items:
         if (task is not None and not isinstance(task, str)) or not isinstance(p, (str, os.PathLike)):
             raise TypeError("adapters must be a {task: path} mapping or a list of paths")
-        if task is not None and task not in _core.TASKS:
-            raise ValueError(f"adapter task must be one of {', '.join(map(repr, _core.TASKS))} (got {task!r})")
+        _core.check_task(task, name="adapter task", or_none=True)
         out.append((task, os.fspath(p)))
     return out
 
@@ -187,10 +188,12 @@ class Model(EncodeQueryDocument):
                 pairs = sorted(files["adapters"].items())
             if projector is None:
                 projector = files.get("projector")
-        self._core: Optional[_core.Model] = _core.Model(
-            path, n_threads, max_length, batch_tokens, None if repack is None else bool(repack),
-            n_gpu_layers, main_gpu, pairs, projector, None if f16_as_bf16 is None else bool(f16_as_bf16),
-            None if flash_attn is None else bool(flash_attn), kv_cache_type)
+        options = _core.ModelOptions(
+            n_threads=n_threads, max_length=max_length, batch_tokens=batch_tokens,
+            repack=None if repack is None else bool(repack), n_gpu_layers=n_gpu_layers, main_gpu=main_gpu,
+            adapters=pairs, projector=projector, f16_as_bf16=None if f16_as_bf16 is None else bool(f16_as_bf16),
+            flash_attn=None if flash_attn is None else bool(flash_attn), kv_cache_type=kv_cache_type)
+        self._core: Optional[_core.Model] = _core.Model(path, options)
         # the Unicode normal form the model's reference tokenizer applies first
         # ("NFC" for the Qwen2 vocabulary; None: text goes in as it is)
         self._normal_form: Optional[str] = self._core.normalization
@@ -272,17 +275,9 @@ class Model(EncodeQueryDocument):
     @property
     def info(self) -> dict:
         """Facts read from the GGUF (architecture, name, sizes, file_type,
-        pooling...)."""
-        out: dict = {}
-        for k, v in self._m.info.items():
-            if k in _INT_INFO:
-                out[k] = int(v)
-            elif k in _BOOL_INFO:
-                out[k] = v == "1"
-            else:
-                out[k] = v or None if k in ("task", "projector") else v
-        out["adapters"] = [t for t in out.get("adapters", "").split(",") if t]
-        return out
+        pooling...) and how it was loaded (each option as it came out:
+        n_threads, repack, load_mode, kv_cache_type...)."""
+        return info_dict(self._m.info)
 
     def close(self) -> None:
         """Free the model's memory now (a call running in another thread
@@ -391,15 +386,7 @@ class Model(EncodeQueryDocument):
         ``prompt_name`` is the role (``"query"`` default, ``"passage"``) and
         ``task`` the jina-v4 task (default: the file's). What each argument
         means here, and which ones are refused: ``jv4.encode``."""
-        task = _task_arg(task) if task is not None else self.task
-        if task is None and self._m.is_base and len(self.tasks) == 1:
-            task = self.tasks[0]
-        if task is None and self._m.is_base:
-            raise ValueError(f"this model serves several tasks; pass task= one of "
-                             f"{', '.join(map(repr, self.tasks))}")
-        if task is None and self._m.is_jina_v4:
-            raise ValueError(f"{self.path}: cannot tell which jina-embeddings-v4 task this file was merged "
-                             f"for; pass task= one of {', '.join(map(repr, _core.TASKS))}")
+        task = self._m.resolve_task(_task_arg(task))  # the engine's rules and messages
         return st_encode(lambda texts, role, hook: self.embed_float32(texts, task, role, progress=hook),
                          task, inputs, prompt_name, prompt, batch_size, show_progress_bar, **kwargs)
 

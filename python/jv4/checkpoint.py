@@ -42,6 +42,10 @@ import numpy as np
 
 from . import _core
 
+# the GGUF keys and tensor names of the files written here, from the engine
+# that reads them (csrc/engine/jina.hpp): one table for both sides
+_KEYS = _core.GGUF_KEYS
+
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 MANIFEST = "jv4.json"
 BASE_NAME = "jina-embeddings-v4-base"
@@ -539,10 +543,10 @@ def _base_kv(gguf, ck: _Checkpoint, outtype: str, name: str, base: bool, task: O
             w.add_pad_token_id(tok["eos"])
         w.add_add_bos_token(False)
         if base:
-            w.add_bool("jina_v4.base", True)
+            w.add_bool(_KEYS["base"], True)
         if task is not None:
-            w.add_string("jina_v4.task", task)
-        w.add_string("jina_v4.source", "jv4 convert")
+            w.add_string(_KEYS["task"], task)
+        w.add_string(_KEYS["source"], "jv4 convert")
     return kv
 
 
@@ -578,8 +582,8 @@ def _projector_tensors(gguf, ck: _Checkpoint, tasks: list) -> list:
             w = ck.read_key(wk)
             d = ck.delta(task, None, "multi_vector_projector")
             return w if d is None else w + d
-        out.append(_Out(f"multi_vector.{task}.weight", (ck.projector_out, ck.shape.hidden), T.F32, weight))
-        out.append(_Out(f"multi_vector.{task}.bias", (ck.projector_out,), T.F32, lambda: ck.read_key(bk)))
+        out.append(_Out(_KEYS["projector_weight"].format(task=task), (ck.projector_out, ck.shape.hidden), T.F32, weight))
+        out.append(_Out(_KEYS["projector_bias"].format(task=task), (ck.projector_out,), T.F32, lambda: ck.read_key(bk)))
     return out
 
 
@@ -601,8 +605,7 @@ def convert(checkpoint: Union[str, os.PathLike], out_dir: Union[str, os.PathLike
     if not isinstance(outtype, str) or outtype.lower() not in OUTTYPES:
         raise ValueError(f"outtype must be one of {', '.join(OUTTYPES)} (got {outtype!r})")
     outtype = outtype.lower()
-    if merge is not None and merge not in _core.TASKS:
-        raise ValueError(f"merge must be one of {', '.join(map(repr, _core.TASKS))} or None (got {merge!r})")
+    _core.check_task(merge, name="merge", or_none=True)
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ConversionError(f"{out_dir}: exists and is not an empty folder; choose a new output folder")
@@ -631,9 +634,9 @@ def convert(checkpoint: Union[str, os.PathLike], out_dir: Union[str, os.PathLike
                     w.add_string(gguf.Keys.Adapter.TYPE, "lora")
                     # llama.cpp scales by alpha / rank: alpha = scale * rank
                     w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, ck.adapter.scale * ck.adapter.rank)
-                    w.add_string("jina_v4.task", task)
+                    w.add_string(_KEYS["task"], task)
                     for role in _core.ROLES:
-                        w.add_string(f"jina_v4.prefix.{role}", _core.jina_prefix(task, role))
+                        w.add_string(_KEYS["prefix"].format(role=role), _core.jina_prefix(task, role))
                 _write(gguf, work / f"{name}.gguf", "qwen2vl", kv, _lora_tensors(gguf, ck, task, outtype), progress)
                 manifest["adapters"][task] = f"{name}.gguf"
         else:
@@ -648,7 +651,7 @@ def convert(checkpoint: Union[str, os.PathLike], out_dir: Union[str, os.PathLike
 
         def pkv(w):
             w.add_name("jina-embeddings-v4-projector")
-            w.add_string("jina_v4.projector.tasks", ",".join(tasks))
+            w.add_string(_KEYS["projector_tasks"], ",".join(tasks))
         _write(gguf, work / projector, "jina-v4-projector", pkv, _projector_tensors(gguf, ck, tasks), progress)
         manifest["projector"] = projector
         (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

@@ -142,8 +142,7 @@ class Embedder(EncodeQueryDocument):
 
     @staticmethod
     def _check_task(task: Any) -> str:
-        if not isinstance(task, str) or task not in _core.TASKS:
-            raise ValueError(f"task must be one of {', '.join(map(repr, _core.TASKS))} (got {task!r})")
+        _core.check_task(task)
         return task
 
 

@@ -23,6 +23,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError('jv4.langchain needs langchain-core: pip install "jv4[langchain]"') from e
 
 from . import _core
+from .hub import DEFAULT_QUANT
 from ._model import Model
 from .embedder import Embedder
 
@@ -51,10 +52,9 @@ class JinaV4Embeddings(Embeddings):
     """
 
     def __init__(self, model: Union[None, str, os.PathLike, Model, Embedder] = None, *,
-                 task: Optional[str] = None, dim: Optional[int] = None, quant: str = "Q4_K_M",
+                 task: Optional[str] = None, dim: Optional[int] = None, quant: str = DEFAULT_QUANT,
                  batch_size: Optional[int] = None, **model_kwargs: Any) -> None:
-        if task is not None and task not in _core.TASKS:
-            raise ValueError(f"task must be one of {', '.join(map(repr, _core.TASKS))} or None (got {task!r})")
+        _core.check_task(task, or_none=True)
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
                                        or batch_size < 1):
             raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")

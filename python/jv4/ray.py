@@ -36,6 +36,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError('jv4.ray needs Ray Data: pip install "jv4[ray]"') from e
 
 from . import _core
+from .hub import DEFAULT_QUANT
 from ._model import Model, opt_int
 from .precision import check_precision, quantize_embeddings
 
@@ -48,7 +49,7 @@ def _model_spec(model: Any, task: Optional[str]) -> str:
     if isinstance(model, Model):
         return model.path  # a loaded model cannot travel; its file can
     if model is None:
-        return f"{_core.jina_official_repo(task or 'retrieval')}:Q4_K_M"
+        return f"{_core.jina_official_repo(task or 'retrieval')}:{DEFAULT_QUANT}"
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a GGUF path, a Hub name 'owner/name[:QUANT]', a jv4.Model or None, "
                         f"got {type(model).__name__}")
@@ -57,10 +58,8 @@ def _model_spec(model: Any, task: Optional[str]) -> str:
 
 def _check_request(task, role, dim, precision, ranges) -> None:
     """The arguments checked in the driver, before any actor starts."""
-    if task is not None and task not in _core.TASKS:
-        raise ValueError(f"task must be one of {', '.join(map(repr, _core.TASKS))} or None (got {task!r})")
-    if role not in _core.ROLES:
-        raise ValueError(f"role must be one of {', '.join(map(repr, _core.ROLES))} (got {role!r})")
+    _core.check_task(task, or_none=True)
+    _core.check_role(role)
     opt_int("dim", dim)
     check_precision(precision)
     if precision in ("int8", "uint8") and ranges is None:
@@ -174,7 +173,7 @@ def embed_dataset(ds: "ray.data.Dataset", model: Any = None, *, text_column: str
     (lazy, as Ray Data is: write it, iterate it or ``materialize()`` it).
 
     ``model``: a GGUF path, a Hub name, a ``jv4.Model`` (its file is used) or
-    None for the official GGUF of ``task`` (Q4_K_M). ``actors`` and
+    None for the official GGUF of ``task`` (``jv4.hub.DEFAULT_QUANT``). ``actors`` and
     ``threads_per_actor`` default to ``default_layout`` of the cluster's CPUs
     (each actor reserves its threads' CPUs, one less if that is a whole node);
     ``batch_size`` is texts per batch. ``precision`` int8/uint8 needs
