@@ -7,6 +7,12 @@ llama-bench: pp512 tokens/s at its defaults (weights repacked where llama.cpp
 repacks them, F16 kept F16).
 
     python bench/formats.py --shape v4 --texts 16
+    python bench/formats.py --shape mini --formats F16,Q8_0 --baseline-python /path/to/old/venv/bin/python
+
+With --baseline-python, each format's jv4 child also runs in that interpreter
+(another jv4 build: an older commit, other patches), rounds alternating, and
+the table adds its tok/s, the ratio, and whether the two builds' vectors are
+the same bytes.
 
 The F16 model comes from bench/run.py's generator (bench/models/); the other
 formats are made from it by jv4.quantize, the IQ ones with an importance
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -67,6 +74,8 @@ def main() -> int:
     ap.add_argument("--calibration", type=int, default=32, help="passages for the importance matrix")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--formats", default=",".join(FORMATS))
+    ap.add_argument("--baseline-python", help="an interpreter with another jv4 build, measured beside this one")
+    ap.add_argument("--rounds", type=int, default=1, help="jv4 runs per format (median), alternating with the baseline")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--texts-file", help=argparse.SUPPRESS)
@@ -94,8 +103,8 @@ def main() -> int:
     texts_file.write_text(json.dumps(texts))
     (HERE / "results").mkdir(exist_ok=True)
 
-    def child(kind: str, model: Path) -> dict:
-        out = subprocess.run([sys.executable, __file__, "--child", kind, "--model", str(model), "--texts-file",
+    def child(kind: str, model: Path, python: str = sys.executable) -> dict:
+        out = subprocess.run([python, __file__, "--child", kind, "--model", str(model), "--texts-file",
                               str(texts_file), "--shape", a.shape, "--threads", str(a.threads)],
                              capture_output=True, text=True)
         line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
@@ -125,11 +134,24 @@ def main() -> int:
     ref = np.array(child("reference", npz)["vectors"])
     rows = {}
     for f in formats:
-        r = child("jv4", files[f])
+        runs, base_runs = [], []
+        for i in range(max(1, a.rounds)):
+            order = (False, True) if i % 2 == 0 else (True, False)
+            for baseline in order:
+                if baseline and a.baseline_python:
+                    base_runs.append(child("jv4", files[f], a.baseline_python))
+                elif not baseline:
+                    runs.append(child("jv4", files[f]))
+        r = dict(runs[0], tok_s=statistics.median(x["tok_s"] for x in runs))
         v = np.array(r.pop("vectors"))
         cos = (v * ref).sum(1) / (np.linalg.norm(v, axis=1) * np.linalg.norm(ref, axis=1))
         rows[f] = dict(r, cos_mean=float(cos.mean()), cos_min=float(cos.min()),
-                       file_mib=files[f].stat().st_size / 2**20)
+                       file_mib=files[f].stat().st_size / 2**20, tok_s_runs=[x["tok_s"] for x in runs])
+        if base_runs:
+            bv = np.array(base_runs[0]["vectors"], dtype=np.float32)
+            rows[f].update(baseline_tok_s=statistics.median(x["tok_s"] for x in base_runs),
+                           baseline_tok_s_runs=[x["tok_s"] for x in base_runs],
+                           same_vectors=bool(bv.tobytes() == v.astype(np.float32).tobytes()))
     if UPSTREAM_BENCH.exists():
         from run import llama_bench
 
@@ -154,11 +176,19 @@ def main() -> int:
         up = f"{r['upstream_pp512']:.1f}" if "upstream_pp512" in r else "not built"
         print(f"| {f}{note} | {r['tok_s']:.1f} | {r['tok_s'] / best_hf:.2f} | {up} | {r['peak_mib']:.0f} | "
               f"{r['file_mib']:.0f} | {r['cos_mean']:.6f} / {r['cos_min']:.6f} |")
+    if a.baseline_python:
+        print(f"\nbeside the baseline build ({a.baseline_python}), median of {a.rounds} alternating runs each:\n")
+        print("| format | jv4 tok/s | baseline tok/s | x baseline | same vector bytes |")
+        print("|---|---:|---:|---:|---|")
+        for f, r in rows.items():
+            print(f"| {f} | {r['tok_s']:.1f} | {r['baseline_tok_s']:.1f} | {r['tok_s'] / r['baseline_tok_s']:.3f} | "
+                  f"{'yes' if r['same_vectors'] else 'no'} |")
     for e, t in hf_tok.items():
         print(f"| {e} | {t:.1f} | {t / best_hf:.2f} | | {hf[e]['peak_rss_mib']:.0f} | | |")
     if timing:
         print("\n" + ", ".join(f"{k} {v:.0f} s" for k, v in timing.items()))
-    out = HERE / "results" / f"formats-{a.shape}.json"
+    out = HERE / "results" / (f"formats-{a.shape}.json" if not a.baseline_python
+                              else f"formats-{a.shape}-vs-baseline.json")
     out.write_text(json.dumps({"rows": rows, "transformers": hf_tok, "n_tokens": n_tokens, "cpu_features": feats,
                                "timing": timing}, indent=1))
     return 0
