@@ -4,12 +4,15 @@
 The pin (package, version, sha256, llama.cpp commit) lives in
 vendor/llama.cpp.lock. The archive is fetched with pip by name and version,
 its sha256 is checked against the lock, and only the parts of llama.cpp that
-jv4's build, tests and benchmarks need are extracted. CMakeLists.txt runs this
-script when vendor/llama.cpp/ is missing or stale; it can also be run by hand:
+jv4's build, tests and benchmarks need are extracted; then jv4's patches
+(patches/llama.cpp/: new files, then the diffs `series` lists, each hunk
+applying exactly once) change it. CMakeLists.txt runs this script when
+vendor/llama.cpp/ is missing or stale; it can also be run by hand:
 
     python tools/fetch_llama_cpp.py            # fetch if needed
     python tools/fetch_llama_cpp.py --force    # fetch again
     python tools/fetch_llama_cpp.py --archive path/to/sdist.tar.gz
+    python tools/fetch_llama_cpp.py --no-patches --dest /tmp/upstream   # as released
 
 Only the standard library is used, so it runs inside pip's isolated build
 environment too.

@@ -362,7 +362,7 @@ void Model::load_adapters(const ModelOptions& opts) {
     const std::string task = adapter_meta(a, jina::kGgufTask);
     if (task.empty() || std::find(jina::tasks().begin(), jina::tasks().end(), task) == jina::tasks().end()) {
       throw ModelLoadError(file + ": not a jina-embeddings-v4 task adapter (its " + jina::kGgufTask + " is '" + task +
-                           "'; allowed: " + quoted(jina::tasks()) + ")");
+                           "'; allowed: " + jina::quoted_tasks() + ")");
     }
     if (task_given && *task_given != task) {
       throw ModelLoadError(file + ": is the adapter of task '" + task + "', given for task '" + *task_given + "'");
