@@ -1,4 +1,4 @@
-"""F16 files held as BF16 (fetch-time patch "F16 weights as BF16"): the
+"""F16 files held as BF16 (patch patches/llama.cpp/0008-f16-as-bf16.patch): the
 converted model is bit for bit a BF16 file of the same values rounded the
 same way, stays within the F16 bound of the reference, and the switch is
 per load (the opt-out keeps F16, memory-mapped)."""

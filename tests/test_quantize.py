@@ -68,7 +68,7 @@ def test_quantize_types_cover_the_official_release_types():
 
 
 # the build feature each type's x86 repacked layout needs (Q8_0, BF16: jv4's
-# fetch-time patches "Q8_0 weights for AVX512-VNNI" and "BF16 weights for
+# patches 0004 "Q8_0 weights for AVX512-VNNI" and 0005 "BF16 weights for
 # AVX512-BF16"; F16 is held as BF16 where the build has AVX512-BF16)
 _REPACK_FEATURE = {"Q4_K_M": "AVX2", "Q4_0": "AVX2", "Q8_0": "AVX512_VNNI", "BF16": "AVX512_BF16",
                    "F16": "AVX512_BF16"}
@@ -149,7 +149,7 @@ def test_read_weights_are_held_once(make_gguf, tmp_path, caplog, qtype):
     # makes the lm_head a second tensor when its buffer type differs from
     # token_embd's (repacked weights), which, read rather than mapped, was a
     # second copy of the embeddings; jv4 never computes logits and loads none
-    # (fetch-time patch "No tied lm_head copy"). What llama.cpp allocates for
+    # (patch 0009 "No tied lm_head copy"). What llama.cpp allocates for
     # weights must be no more than the file holds.
     if not _read_when_repacked(qtype):
         pytest.skip(f"{qtype} is repacked (so read, not mapped) only where the build's CPU code has "

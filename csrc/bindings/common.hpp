@@ -2,6 +2,8 @@
 // engine work off the GIL while still answering Ctrl-C.
 #pragma once
 #include <pybind11/pybind11.h>
+#include <pybind11/functional.h>
+#include <pybind11/stl.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -9,7 +11,10 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
+
+#include "engine/model.hpp"
 
 namespace jv4py {
 
@@ -54,6 +59,11 @@ class Worker {
 // raises, the work is cancelled and its exception re-raised.
 void run_blocking(const std::function<void()>& work, std::atomic<bool>& cancel,
                   Worker* worker = nullptr, const std::function<void()>& tick = nullptr);
+
+// Calls `callback(texts_done, tokens_done, tokens_total)` when the engine's
+// counters moved since the last call; a tick for run_blocking (null without
+// a callback).
+std::function<void()> progress_tick(const std::optional<py::function>& callback, jv4::Progress& progress);
 
 void register_info(py::module_& m);
 void register_options(py::module_& m);

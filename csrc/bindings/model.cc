@@ -34,14 +34,14 @@ struct Texts {
 Texts collect_texts(py::handle texts) {
   Texts out;
   if (PyBytes_Check(texts.ptr()) || PyByteArray_Check(texts.ptr())) {
-    throw jv4::TypeErrorAt("texts must be a str or a sequence of str, got " + type_name(texts.ptr()) +
+    throw py::type_error("texts must be a str or a sequence of str, got " + type_name(texts.ptr()) +
                            " (decode bytes first)");
   }
   PyObject* tup = PySequence_Tuple(texts.ptr());  // any iterable, as before
   if (tup == nullptr) {
     if (!PyErr_ExceptionMatches(PyExc_TypeError)) throw py::error_already_set();
     PyErr_Clear();
-    throw jv4::TypeErrorAt("texts must be a str or a sequence of str, got " + type_name(texts.ptr()));
+    throw py::type_error("texts must be a str or a sequence of str, got " + type_name(texts.ptr()));
   }
   out.owner = py::reinterpret_steal<py::object>(tup);
   const Py_ssize_t n = PyTuple_GET_SIZE(tup);
@@ -49,7 +49,7 @@ Texts collect_texts(py::handle texts) {
   for (Py_ssize_t i = 0; i < n; ++i) {
     PyObject* item = PyTuple_GET_ITEM(tup, i);
     if (!PyUnicode_Check(item)) {
-      throw jv4::TypeErrorAt("texts[" + std::to_string(i) + "] must be str, got " + type_name(item));
+      throw py::type_error("texts[" + std::to_string(i) + "] must be str, got " + type_name(item));
     }
     Py_ssize_t size = 0;
     const char* data = PyUnicode_AsUTF8AndSize(item, &size);
@@ -77,19 +77,15 @@ struct PyModel {
 
 }  // namespace
 
-// Calls `callback(texts_done, tokens_done, tokens_total)` when the engine's
-// counters moved since the last call. Runs with the GIL (see run_blocking).
-std::function<void()> progress_tick(const std::optional<py::function>& callback,
-                                    jv4::Progress& progress) {
-  if (!callback) return nullptr;
-  return [&callback, &progress, last_texts = ~uint64_t{0}, last_tokens = ~uint64_t{0}]() mutable {
-    const uint64_t texts = progress.texts.load(std::memory_order_relaxed);
-    const uint64_t tokens = progress.tokens.load(std::memory_order_relaxed);
-    if (texts == last_texts && tokens == last_tokens) return;
-    last_texts = texts;
-    last_tokens = tokens;
-    (*callback)(texts, tokens, progress.tokens_total.load(std::memory_order_relaxed));
-  };
+// One engine call on the model's worker: `work(cancel, progress)` runs off the
+// GIL, Ctrl-C sets `cancel`, and `progress` (null without a callback) drives
+// the callback from the calling thread.
+template <typename Work>
+void call_engine(PyModel& s, const std::optional<py::function>& progress, Work&& work) {
+  std::atomic<bool> cancel{false};
+  jv4::Progress counters;
+  jv4::Progress* counted = progress ? &counters : nullptr;
+  run_blocking([&] { work(&cancel, counted); }, cancel, s.worker.get(), progress_tick(progress, counters));
 }
 
 void register_model(py::module_& m) {
@@ -125,7 +121,7 @@ void register_model(py::module_& m) {
            [](const M& s, py::handle text, std::optional<std::string> task, const std::string& role,
               bool add_prefix, std::optional<int> max_length) {
              if (!PyUnicode_Check(text.ptr())) {
-               throw jv4::TypeErrorAt("text must be str, got " + type_name(text.ptr()));
+               throw py::type_error("text must be str, got " + type_name(text.ptr()));
              }
              if (max_length && *max_length < 1) {
                throw std::invalid_argument("max_length must be >= 1 or None, got " +
@@ -167,12 +163,9 @@ void register_model(py::module_& m) {
                         : py::array_t<float>({static_cast<py::ssize_t>(items.views.size()),
                                               static_cast<py::ssize_t>(req.dim)});
              float* data = out.mutable_data();
-             std::atomic<bool> cancel{false};
-             jv4::Progress counters;
-             jv4::Progress* counted = progress ? &counters : nullptr;
-             jv4::Model* model = s.model.get();
-             run_blocking([&] { model->embed(items.views, req, data, &cancel, counted); }, cancel,
-                          s.worker.get(), progress_tick(progress, counters));
+             call_engine(s, progress, [&](const std::atomic<bool>* cancel, jv4::Progress* counted) {
+               s.model->embed(items.views, req, data, cancel, counted);
+             });
              return out;
            },
            py::arg("texts"), py::arg("task") = py::none(), py::arg("role") = "query",
@@ -185,17 +178,11 @@ void register_model(py::module_& m) {
              Texts items = collect_texts(texts);
              if (items.views.empty()) throw std::invalid_argument("imatrix needs at least one calibration text");
              jv4::ImatrixStats stats;
-             std::atomic<bool> cancel{false};
-             jv4::Progress counters;
-             jv4::Progress* counted = progress ? &counters : nullptr;
-             jv4::Model* model = s.model.get();
-             run_blocking(
-                 [&] {
-                   model->imatrix(items.views, req, stats, &cancel, counted);
-                   const uint32_t n = static_cast<uint32_t>(items.views.size());
-                   jv4::save_imatrix(path, stats, datasets, n, static_cast<uint32_t>(model->batch_tokens()));
-                 },
-                 cancel, s.worker.get(), progress_tick(progress, counters));
+             call_engine(s, progress, [&](const std::atomic<bool>* cancel, jv4::Progress* counted) {
+               s.model->imatrix(items.views, req, stats, cancel, counted);
+               const uint32_t n = static_cast<uint32_t>(items.views.size());
+               jv4::save_imatrix(path, stats, datasets, n, static_cast<uint32_t>(s.model->batch_tokens()));
+             });
              py::dict out;  // weight -> tokens seen
              for (const auto& [name, e] : stats) out[py::str(name)] = e.count;
              return out;
@@ -213,13 +200,9 @@ void register_model(py::module_& m) {
              py::array_t<float> pooled({n, static_cast<py::ssize_t>(req.dim)});
              float* data = pooled.mutable_data();
              auto multi = std::make_unique<jv4::MultiOutput>();
-             std::atomic<bool> cancel{false};
-             jv4::Progress counters;
-             jv4::Progress* counted = progress ? &counters : nullptr;
-             jv4::Model* model = s.model.get();
-             jv4::MultiOutput* mo = multi.get();
-             run_blocking([&] { model->embed(items.views, req, data, &cancel, counted, mo); }, cancel,
-                          s.worker.get(), progress_tick(progress, counters));
+             call_engine(s, progress, [&](const std::atomic<bool>* cancel, jv4::Progress* counted) {
+               s.model->embed(items.views, req, data, cancel, counted, multi.get());
+             });
              // hand the engine's buffers to numpy without copying them
              const auto rows = static_cast<py::ssize_t>(multi->offsets.back());
              const auto width = static_cast<py::ssize_t>(multi->width);

@@ -22,9 +22,4 @@ struct Cancelled : std::runtime_error {
   Cancelled() : std::runtime_error("cancelled") {}
 };
 
-// A non-str item in the input; carries the index for the message.
-struct TypeErrorAt : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
 }  // namespace jv4

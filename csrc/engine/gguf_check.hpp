@@ -3,7 +3,7 @@
 // llama.cpp's loader but abort (or divide by zero) later, inside ggml's
 // compute, are refused here with a message naming the key or tensor. What
 // llama.cpp's loader itself asserts is turned into an error by a fetch-time
-// patch (tools/fetch_llama_cpp.py, "load-time checks throw"); this file covers
+// patch (patches/llama.cpp/0007-loader-checks-throw.patch); this file covers
 // what it does not. Found by tools/fuzz_gguf.py.
 #pragma once
 #include <string>

@@ -35,8 +35,9 @@ def _has(name: str) -> bool:
 
 
 def choose(features: dict, available: list, forced: str = "auto") -> tuple:
-    """(levels to try in order, reason) for a CPU with `features` (as
-    `_cpuinfo.features()` reports them) and the builds `available`.
+    """(levels to try in order, reason, levels the CPU supports) for a CPU
+    with `features` (as `_cpuinfo.features()` reports them) and the builds
+    `available`.
     Raises ImportError when none can run."""
     names = [lvl for lvl, _, _ in LEVELS]
     need = {lvl: n for lvl, _, n in LEVELS}
