@@ -135,13 +135,10 @@ def main() -> int:
     rows = {}
     for f in formats:
         runs, base_runs = [], []
-        for i in range(max(1, a.rounds)):
-            order = (False, True) if i % 2 == 0 else (True, False)
-            for baseline in order:
-                if baseline and a.baseline_python:
-                    base_runs.append(child("jv4", files[f], a.baseline_python))
-                elif not baseline:
-                    runs.append(child("jv4", files[f]))
+        builds = [(sys.executable, runs)] + ([(a.baseline_python, base_runs)] if a.baseline_python else [])
+        for i in range(max(1, a.rounds)):  # alternating which build goes first
+            for python, out in (builds if i % 2 == 0 else builds[::-1]):
+                out.append(child("jv4", files[f], python))
         r = dict(runs[0], tok_s=statistics.median(x["tok_s"] for x in runs))
         v = np.array(r.pop("vectors"))
         cos = (v * ref).sum(1) / (np.linalg.norm(v, axis=1) * np.linalg.norm(ref, axis=1))

@@ -13,11 +13,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_checked_in_stub_is_the_generated_one():
-    pytest.importorskip("pybind11_stubgen")
     import jv4
 
-    if jv4.build_info()["dispatch"]["loaded"] != "_core":
-        pytest.skip("a per-level wheel build: the stub is generated from a source build's _core")
+    loaded = jv4.build_info()["dispatch"]["loaded"]
+    if loaded != "_core":
+        pytest.skip(f"this jv4 is a per-level wheel build ({loaded}); the stub is generated from a "
+                    "source build's single _core module")
+    # pybind11-stubgen is in the test extra: missing, it is a broken test environment, not a skip
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "stubgen.py"), "--check"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]

@@ -3,18 +3,10 @@
 #include <pybind11/pybind11.h>
 
 #include <cstring>
-
-#include <chrono>
-#include <condition_variable>
 #include <exception>
-#include <mutex>
-#include <optional>
-#include <thread>
 
 #include "bindings/common.hpp"
 #include "engine/errors.hpp"
-#include "engine/logging.hpp"
-
 
 // The module's name: `_core` for a source build, `_core_<level>` for each of
 // the per-level builds of a wheel (CMake's JV4_MODULE_NAME).

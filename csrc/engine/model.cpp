@@ -198,9 +198,10 @@ void Model::read_model_facts() {
   if (n_embd_ <= 0) n_embd_ = llama_model_n_embd(model_);
   n_ctx_train_ = llama_model_n_ctx_train(model_);
 
-  const std::string arch = meta(model_, "general.architecture");
-  const std::string name = meta(model_, "general.name");
-  const std::string basename = meta(model_, "general.basename");
+  // read once, kept in info_ (gather_info fills the rest)
+  const std::string& arch = info_.architecture = meta(model_, "general.architecture");
+  const std::string& name = info_.name = meta(model_, "general.name");
+  const std::string& basename = info_.basename = meta(model_, "general.basename");
   const std::string file = std::filesystem::path(path_).filename().string();
   for (const std::string* s : {&name, &basename, &file}) {
     if (jina::is_jina_v4_name(*s)) jina_v4_ = true;
@@ -231,10 +232,7 @@ void Model::read_model_facts() {
 
 void Model::gather_info(const ModelOptions& opts) {
   ModelInfo& i = info_;
-  i.path = path_;
-  i.architecture = meta(model_, "general.architecture");
-  i.name = meta(model_, "general.name");
-  i.basename = meta(model_, "general.basename");
+  i.path = path_;  // (architecture, name, basename: read_model_facts)
   char desc[256];
   llama_model_desc(model_, desc, sizeof(desc));
   i.description = desc;
