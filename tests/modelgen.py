@@ -84,6 +84,26 @@ class Vocab:
         small.eos = n + controls.index(self.eos)
         return small
 
+    # Qwen2.5-VL's added tokens after <|im_end|> (151645), as its tokenizer.json
+    # numbers them; llama.cpp's vocab-only file holds [PAD] entries there
+    VISION_TOKENS = ("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>",
+                     "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
+                     "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+    VISION_FIRST_ID = 151646
+
+    def with_vision_tokens(self) -> "Vocab":
+        """This vocabulary with Qwen2.5-VL's control tokens at their ids
+        (<|vision_start|> 151652, <|vision_end|> 151653, <|image_pad|> 151655)."""
+        out = object.__new__(Vocab)
+        out.tokens = list(self.tokens)
+        out.token_type = list(self.token_type)
+        out.merges = self.merges
+        out.eos = self.eos
+        for i, t in enumerate(self.VISION_TOKENS):
+            out.tokens[self.VISION_FIRST_ID + i] = t
+            out.token_type[self.VISION_FIRST_ID + i] = 3
+        return out
+
     def reference_tokenizer(self):
         """A `tokenizers` BPE over the same tokens and merges (byte-level,
         Qwen2 split regex), with the control tokens as special tokens."""

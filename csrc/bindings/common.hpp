@@ -70,5 +70,6 @@ void register_options(py::module_& m);
 void register_model(py::module_& m);
 void register_jina(py::module_& m);
 void register_stages(py::module_& m);
+void register_images(py::module_& m);
 
 }  // namespace jv4py

@@ -63,6 +63,62 @@ Texts collect_texts(py::handle texts) {
   return out;
 }
 
+// The images of a call, each an ImageInput viewing memory that `owner`
+// keeps alive: ("encoded", name, bytes) or ("rgb", name, C-contiguous
+// uint8 HxWx3 array), as python/jv4/images.py prepares them.
+struct Images {
+  py::list owner;
+  std::vector<jv4::ImageInput> items;
+};
+
+Images collect_images(py::handle images) {
+  Images out;
+  for (py::handle item : images) {
+    auto t = py::reinterpret_borrow<py::tuple>(item);
+    if (t.size() != 3) throw py::type_error("internal: an image must be (kind, name, data)");
+    const std::string kind = t[0].cast<std::string>();
+    jv4::ImageInput in;
+    in.name = t[1].cast<std::string>();
+    if (kind == "encoded") {
+      if (!PyBytes_Check(t[2].ptr())) throw py::type_error("internal: encoded image data must be bytes");
+      char* data = nullptr;
+      Py_ssize_t size = 0;
+      PyBytes_AsStringAndSize(t[2].ptr(), &data, &size);
+      in.kind = jv4::ImageInput::Kind::Encoded;
+      in.data = reinterpret_cast<const uint8_t*>(data);
+      in.size = static_cast<size_t>(size);
+    } else if (kind == "rgb") {
+      auto arr = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>::ensure(t[2]);
+      if (!arr || arr.ndim() != 3 || arr.shape(2) != 3) {
+        throw std::invalid_argument(in.name + ": pixels must be a height x width x 3 uint8 array");
+      }
+      in.kind = jv4::ImageInput::Kind::Rgb;
+      in.height = static_cast<uint32_t>(arr.shape(0));
+      in.width = static_cast<uint32_t>(arr.shape(1));
+      in.data = arr.data();
+      in.size = static_cast<size_t>(arr.size());
+      out.owner.append(arr);
+    } else {
+      throw py::type_error("internal: unknown image kind " + kind);
+    }
+    out.owner.append(t);
+    out.items.push_back(std::move(in));
+  }
+  return out;
+}
+
+// hands a MultiOutput's buffers to numpy without copying them
+py::tuple multi_arrays(std::unique_ptr<jv4::MultiOutput> multi, py::ssize_t n) {
+  const auto rows = static_cast<py::ssize_t>(multi->offsets.back());
+  const auto width = static_cast<py::ssize_t>(multi->width);
+  float* tok = multi->data.data();
+  int64_t* off = multi->offsets.data();
+  py::capsule owner(multi.release(), [](void* p) { delete static_cast<jv4::MultiOutput*>(p); });
+  py::array_t<float> tokens({rows, width}, tok, owner);
+  py::array_t<int64_t> offsets({n + 1}, off, owner);
+  return py::make_tuple(tokens, offsets);
+}
+
 // The engine model plus the thread that runs its work.
 struct PyModel {
   std::unique_ptr<jv4::Model> model;
@@ -203,21 +259,35 @@ void register_model(py::module_& m) {
              call_engine(s, progress, [&](const std::atomic<bool>* cancel, jv4::Progress* counted) {
                s.model->embed(items.views, req, data, cancel, counted, multi.get());
              });
-             // hand the engine's buffers to numpy without copying them
-             const auto rows = static_cast<py::ssize_t>(multi->offsets.back());
-             const auto width = static_cast<py::ssize_t>(multi->width);
-             float* tok = multi->data.data();
-             int64_t* off = multi->offsets.data();
-             py::capsule owner(multi.release(), [](void* p) { delete static_cast<jv4::MultiOutput*>(p); });
-             py::array_t<float> tokens({rows, width}, tok, owner);
-             py::array_t<int64_t> offsets({n + 1}, off, owner);
-             return py::make_tuple(pooled, tokens, offsets);
+             py::tuple tokens = multi_arrays(std::move(multi), n);
+             return py::make_tuple(pooled, tokens[0], tokens[1]);
            },
            py::arg("texts"), py::arg("task") = py::none(), py::arg("role") = "query",
            py::arg("dim") = py::none(), py::arg("truncate") = true,
            py::arg("progress") = py::none(),
            "(pooled (n, dim), token vectors (total, width), offsets (n + 1,)): one call's single and "
-           "per-token vectors from the same decodes");
+           "per-token vectors from the same decodes")
+      .def_property_readonly("has_vision", [](const M& s) { return s.model->has_vision(); })
+      .def("embed_images",
+           [](M& s, py::handle images, std::optional<std::string> task, std::optional<int> dim,
+              bool multivector, std::optional<py::function> progress) -> py::tuple {
+             jv4::Request req = s.model->resolve_images(task, dim, multivector);
+             Images items = collect_images(images);
+             const auto n = static_cast<py::ssize_t>(items.items.size());
+             py::array_t<float> pooled({n, static_cast<py::ssize_t>(req.dim)});
+             float* data = pooled.mutable_data();
+             auto multi = multivector ? std::make_unique<jv4::MultiOutput>() : nullptr;
+             call_engine(s, progress, [&](const std::atomic<bool>* cancel, jv4::Progress* counted) {
+               s.model->embed_images(items.items, req, data, cancel, counted, multi.get());
+             });
+             if (!multivector) return py::make_tuple(pooled);
+             py::tuple tokens = multi_arrays(std::move(multi), n);
+             return py::make_tuple(pooled, tokens[0], tokens[1]);
+           },
+           py::arg("images"), py::arg("task") = py::none(), py::arg("dim") = py::none(),
+           py::arg("multivector") = false, py::arg("progress") = py::none(),
+           "images: [(\"encoded\", name, bytes) | (\"rgb\", name, uint8 HxWx3)]; returns (pooled (n, dim),) or, "
+           "with multivector, (pooled, token vectors (total, width), offsets (n + 1,))");
 }
 
 }  // namespace jv4py

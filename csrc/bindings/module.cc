@@ -56,4 +56,5 @@ PYBIND11_MODULE(JV4_MODULE_NAME, m) {
   jv4py::register_model(m);
   jv4py::register_jina(m);
   jv4py::register_stages(m);
+  jv4py::register_images(m);
 }

@@ -39,7 +39,10 @@ void register_options(py::module_& m) {
       .def_readwrite("projector", &O::projector)
       .def_readwrite("f16_as_bf16", &O::f16_as_bf16)
       .def_readwrite("flash_attn", &O::flash_attn)
-      .def_readwrite("kv_cache_type", &O::kv_cache_type);
+      .def_readwrite("kv_cache_type", &O::kv_cache_type)
+      .def_readwrite("mmproj", &O::mmproj)
+      .def_readwrite("image_min_tokens", &O::image_min_tokens)
+      .def_readwrite("image_max_tokens", &O::image_max_tokens);
 
   using I = jv4::ModelInfo;
   py::class_<I>(m, "ModelInfo", "What a loaded model is and how it was loaded (Model.info).")
@@ -75,7 +78,10 @@ void register_options(py::module_& m) {
       .def_readonly("n_gpu_layers", &I::n_gpu_layers)
       .def_readonly("main_gpu", &I::main_gpu)
       .def_readonly("flash_attn", &I::flash_attn)
-      .def_readonly("kv_cache_type", &I::kv_cache_type);
+      .def_readonly("kv_cache_type", &I::kv_cache_type)
+      .def_readonly("mmproj", &I::mmproj)
+      .def_readonly("image_min_tokens", &I::image_min_tokens)
+      .def_readonly("image_max_tokens", &I::image_max_tokens);
 }
 
 }  // namespace jv4py

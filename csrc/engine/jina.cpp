@@ -100,6 +100,8 @@ const std::vector<std::pair<std::string, std::string>>& gguf_keys() {
       {"projector_tasks", kGgufProjectorTasks},
       {"projector_weight", kGgufProjectorWeight},
       {"projector_bias", kGgufProjectorBias},
+      {"image_min_pixels", kGgufImageMinPixels},
+      {"image_max_pixels", kGgufImageMaxPixels},
   };
   return keys;
 }

@@ -50,6 +50,17 @@ inline constexpr const char* kGgufPrefix = "jina_v4.prefix.{role}";        // an
 inline constexpr const char* kGgufProjectorTasks = "jina_v4.projector.tasks";
 inline constexpr const char* kGgufProjectorWeight = "multi_vector.{task}.weight";  // F32 [n_embd, out]
 inline constexpr const char* kGgufProjectorBias = "multi_vector.{task}.bias";      // F32 [out]
+// the vision tower's pixel budget, from the checkpoint's preprocessor_config.json
+// (llama.cpp's clip keys; its loader does not read them for Qwen2.5-VL, jv4 does)
+inline constexpr const char* kGgufImageMinPixels = "clip.vision.image_min_pixels";
+inline constexpr const char* kGgufImageMaxPixels = "clip.vision.image_max_pixels";
+
+// The prompt the reference wraps every image in (JinaEmbeddingsV4Processor:
+// "<|im_start|>user\n<|vision_start|><|image_pad|>...<|vision_end|>Describe the
+// image.<|im_end|>\n"); mtmd adds the vision markers around the image. No
+// task prefix: images read the same for every task and role.
+inline constexpr const char* kImagePromptBefore = "<|im_start|>user\n";
+inline constexpr const char* kImagePromptAfter = "Describe the image.<|im_end|>\n";
 // (name, template) of each, as jv4._core.GGUF_KEYS holds them
 const std::vector<std::pair<std::string, std::string>>& gguf_keys();
 // a template with its one {...} placeholder replaced by value

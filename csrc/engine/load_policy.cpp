@@ -35,6 +35,21 @@ void check_options(const ModelOptions& opts) {
       throw std::invalid_argument(std::string(name) + " must be >= 1 (or None), got " + std::to_string(*v));
     }
   }
+  for (auto [name, v] : {std::pair{"image_min_tokens", opts.image_min_tokens},
+                         std::pair{"image_max_tokens", opts.image_max_tokens}}) {
+    if (v && (*v < 1 || *v > kMaxImageTokens)) {
+      throw std::invalid_argument(std::string(name) + " must be 1.." + std::to_string(kMaxImageTokens) +
+                                  " (or None), got " + std::to_string(*v));
+    }
+  }
+  if (opts.image_min_tokens && opts.image_max_tokens && *opts.image_min_tokens > *opts.image_max_tokens) {
+    throw std::invalid_argument("image_min_tokens (" + std::to_string(*opts.image_min_tokens) +
+                                ") must not exceed image_max_tokens (" + std::to_string(*opts.image_max_tokens) + ")");
+  }
+  if ((opts.image_min_tokens || opts.image_max_tokens) && !opts.mmproj) {
+    throw std::invalid_argument("image_min_tokens / image_max_tokens apply to a model loaded with its vision "
+                                "tower (mmproj=)");
+  }
   if (opts.n_gpu_layers && *opts.n_gpu_layers < 0) {
     throw std::invalid_argument("n_gpu_layers must be >= 0 (0: CPU only) or None for all layers, got " +
                                 std::to_string(*opts.n_gpu_layers));

@@ -6,6 +6,7 @@
 
 #include "ggml.h"
 #include "llama.h"
+#include "mtmd.h"
 
 namespace jv4 {
 namespace {
@@ -62,6 +63,7 @@ void init_backend() {
   static std::once_flag once;
   std::call_once(once, [] {
     llama_log_set(on_log, nullptr);
+    mtmd_log_set(on_log, nullptr);  // clip and mtmd (the vision tower) log on their own
     llama_backend_init();
   });
 }

@@ -26,6 +26,7 @@
 #include "engine/logging.hpp"
 #include "engine/projector.hpp"
 #include "engine/truncation.hpp"
+#include "engine/vision.hpp"
 #include "unicode.h"
 #include "ggml-backend.h"
 #include "ggml-cpu.h"
@@ -175,8 +176,10 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path), f
       ensure_context(batch_tokens_);
     }
     load_adapters(opts);
+    load_vision(opts);
     gather_info(opts);
   } catch (...) {
+    vision_.reset();
     free_context();
     llama_model_free(model_);
     model_ = nullptr;
@@ -264,9 +267,15 @@ void Model::gather_info(const ModelOptions& opts) {
   i.main_gpu = policy_.main_gpu;
   i.flash_attn = !flash_attn_ ? "auto" : *flash_attn_ ? "on" : "off";
   i.kv_cache_type = kv_cache_type_;
+  if (vision_) {
+    i.mmproj = opts.mmproj;
+    i.image_min_tokens = vision_->min_tokens();
+    i.image_max_tokens = vision_->max_tokens();
+  }
 }
 
 Model::~Model() {
+  vision_.reset();
   free_context();
   if (model_ != nullptr) llama_model_free(model_);
 }
@@ -371,6 +380,16 @@ void Model::load_adapters(const ModelOptions& opts) {
   if (opts.projector) {
     if (!jina_v4_) throw ModelLoadError(path_ + ": multi-vector projectors apply to jina-embeddings-v4 models only");
     projectors_ = load_projectors(*opts.projector, n_embd_);
+  }
+}
+
+void Model::set_task_adapter(const Request& req) {
+  if (!base_) return;
+  // the call's task: its adapter for every decode of the call (one task per call)
+  llama_adapter_lora* a = adapters_.at(req.task);
+  float scale = 1.0f;  // llama.cpp applies the file's alpha / rank itself
+  if (llama_set_adapters_lora(ctx_, &a, 1, &scale) != 0) {
+    throw std::runtime_error("cannot set the '" + req.task + "' adapter: " + take_thread_errors());
   }
 }
 
@@ -667,14 +686,7 @@ void Model::decode_all(const std::vector<std::vector<int32_t>>& toks, const Requ
 
   const int base_ctx = batch_tokens_;
   ensure_context(plan.longest);
-  if (base_) {
-    // the call's task: its adapter for every decode of the call (one task per call)
-    llama_adapter_lora* a = adapters_.at(req.task);
-    float scale = 1.0f;  // llama.cpp applies the file's alpha / rank itself
-    if (llama_set_adapters_lora(ctx_, &a, 1, &scale) != 0) {
-      throw std::runtime_error("cannot set the '" + req.task + "' adapter: " + take_thread_errors());
-    }
-  }
+  set_task_adapter(req);
   BatchHolder holder(batch_tokens_);
   llama_batch& batch = holder.b;
   llama_memory_t mem = llama_get_memory(ctx_);

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -13,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "engine/images.hpp"
 #include "engine/imatrix.hpp"
 #include "engine/load_policy.hpp"
 #include "engine/options.hpp"
@@ -24,6 +26,8 @@ struct llama_context;
 struct llama_vocab;
 
 namespace jv4 {
+
+class Vision;
 
 // What a loaded model is and how it was loaded (Model::info()): typed, and
 // handed to Python field by field by the binding.
@@ -46,6 +50,9 @@ struct ModelInfo {
   std::optional<int> main_gpu;
   std::string flash_attn;     // "auto", "on", "off"
   std::string kv_cache_type;  // the type in use
+  // image input: the vision tower loaded and its image budget (merged tokens)
+  std::optional<std::string> mmproj;
+  std::optional<int> image_min_tokens, image_max_tokens;
 };
 
 // Counters that embed() advances as its decodes finish. Written by the
@@ -131,6 +138,20 @@ class Model {
   void imatrix(const std::vector<std::string_view>& texts, const Request& req, ImatrixStats& stats,
                const std::atomic<bool>* cancel, Progress* progress = nullptr);
 
+  // Image input (a vision tower loaded with options.mmproj).
+  bool has_vision() const { return vision_ != nullptr; }
+  // Validates an image call's task/dim like resolve() (no role: images take
+  // no prefix) and that a vision tower is loaded.
+  Request resolve_images(const std::optional<std::string>& task, std::optional<int> dim, bool multivector) const;
+  // Embeds images, each in the jina-v4 image prompt, into out[images.size() *
+  // req.dim]: the mean of the last hidden states over <|vision_start|>, the
+  // image's tokens and <|vision_end|> (the reference's span), L2, Matryoshka.
+  // With req.multivector, `multi` gets every prompt token's projected vector.
+  // Progress counts images. One image is decoded at a time; the KV cache is
+  // cleared before each, so an image's vector does not depend on its call.
+  void embed_images(const std::vector<ImageInput>& images, const Request& req, float* out,
+                    const std::atomic<bool>* cancel, Progress* progress = nullptr, MultiOutput* multi = nullptr);
+
  private:
   void ensure_context(int n_ctx_needed);
   void free_context();
@@ -163,6 +184,9 @@ class Model {
   bool base_ = false;
   std::map<std::string, llama_adapter_lora*> adapters_;
   std::map<std::string, Projector> projectors_;
+  std::unique_ptr<Vision> vision_;
+  void load_vision(const ModelOptions& opts);
+  void set_task_adapter(const Request& req);
   void read_model_facts();
   void gather_info(const ModelOptions& opts);
   void load_adapters(const ModelOptions& opts);

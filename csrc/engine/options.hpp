@@ -9,6 +9,11 @@
 
 namespace jv4 {
 
+// the largest image budget an option may ask for (merged tokens a image):
+// 16384 tokens is a 12.8 MP page; the vision tower's window mask alone then
+// takes (4 x 16384)^2 floats (16 GiB), so the cap is a guard, not a target
+inline constexpr int kMaxImageTokens = 16384;
+
 struct ModelOptions {
   std::optional<int> n_threads;     // none: all cores
   std::optional<int> max_length;    // none: 32768 capped by the trained context
@@ -28,6 +33,11 @@ struct ModelOptions {
   // decide_kv_cache_type)
   std::optional<bool> flash_attn;
   std::optional<std::string> kv_cache_type;
+  // image input: the vision tower (an mmproj GGUF from `jv4 convert`) and the
+  // image budget in merged tokens (none: the file's, from the checkpoint)
+  std::optional<std::string> mmproj;
+  std::optional<int> image_min_tokens;
+  std::optional<int> image_max_tokens;
 };
 
 // the KV cache types a context accepts, by name ("f16", "bf16", "q8_0", ...)

@@ -143,6 +143,16 @@ class Model(EncodeQueryDocument):
         cache or more but need flash attention and run a slower path (v4
         shape: q8_0 at 0.70 x f16's rate on 512-token texts).
         docs/benchmarks.md, "Long texts".
+    mmproj: the vision tower (``jina-embeddings-v4-mmproj-*.gguf`` from
+        ``jv4 convert``) for ``embed_images``; a converted folder loads its
+        own. Needs the converter's base (or merged) model: the text model
+        with M-RoPE positions that the image's rows go through.
+    image_min_tokens / image_max_tokens: the image budget, in tokens an image
+        becomes (one token per 28 x 28 pixels after resizing). An image is
+        resized, keeping its aspect ratio, to fit the budget. Default None:
+        the checkpoint's (``preprocessor_config.json``'s min/max pixels), else
+        llama.cpp's 8..4096. Time and memory grow with it: docs/usage.md,
+        "Images".
 
     Calls are thread-safe (one forward pass at a time per Model) and run
     without the GIL. A bad file raises FileNotFoundError or ModelLoadError;
@@ -156,7 +166,9 @@ class Model(EncodeQueryDocument):
                  main_gpu: Optional[int] = None,
                  adapters: Union[Mapping[str, ModelSpec], Sequence[ModelSpec], None] = None,
                  projector: Optional[ModelSpec] = None, f16_as_bf16: Optional[bool] = None,
-                 flash_attn: Optional[bool] = None, kv_cache_type: Optional[str] = None) -> None:
+                 flash_attn: Optional[bool] = None, kv_cache_type: Optional[str] = None,
+                 mmproj: Optional[ModelSpec] = None, image_min_tokens: Optional[int] = None,
+                 image_max_tokens: Optional[int] = None) -> None:
         for name, flag in (("repack", repack), ("f16_as_bf16", f16_as_bf16), ("flash_attn", flash_attn)):
             if flag is not None and not isinstance(flag, (bool, np.bool_)):
                 raise TypeError(f"{name} must be True, False or None, got {type(flag).__name__}")
@@ -168,6 +180,12 @@ class Model(EncodeQueryDocument):
         batch_tokens = opt_int("batch_tokens", batch_tokens)
         n_gpu_layers = opt_int("n_gpu_layers", n_gpu_layers, minimum=0)
         main_gpu = opt_int("main_gpu", main_gpu, minimum=0)
+        image_min_tokens = opt_int("image_min_tokens", image_min_tokens)
+        image_max_tokens = opt_int("image_max_tokens", image_max_tokens)
+        if mmproj is not None:
+            if not isinstance(mmproj, (str, os.PathLike)):
+                raise TypeError(f"mmproj must be a path or None, got {type(mmproj).__name__}")
+            mmproj = os.fspath(mmproj)
         path = local_path(model)
         pairs = _adapter_pairs(adapters)
         if projector is not None:
@@ -188,11 +206,14 @@ class Model(EncodeQueryDocument):
                 pairs = sorted(files["adapters"].items())
             if projector is None:
                 projector = files.get("projector")
+            if mmproj is None:
+                mmproj = files.get("mmproj")
         options = _core.ModelOptions(
             n_threads=n_threads, max_length=max_length, batch_tokens=batch_tokens,
             repack=None if repack is None else bool(repack), n_gpu_layers=n_gpu_layers, main_gpu=main_gpu,
             adapters=pairs, projector=projector, f16_as_bf16=None if f16_as_bf16 is None else bool(f16_as_bf16),
-            flash_attn=None if flash_attn is None else bool(flash_attn), kv_cache_type=kv_cache_type)
+            flash_attn=None if flash_attn is None else bool(flash_attn), kv_cache_type=kv_cache_type,
+            mmproj=mmproj, image_min_tokens=image_min_tokens, image_max_tokens=image_max_tokens)
         self._core: Optional[_core.Model] = _core.Model(path, options)
         # the Unicode normal form the model's reference tokenizer applies first
         # ("NFC" for the Qwen2 vocabulary; None: text goes in as it is)
@@ -375,6 +396,68 @@ class Model(EncodeQueryDocument):
             pooled, data, offsets = self._m.embed_multivector(self._normalize(items), _task_arg(task),
                                                               _role_arg(role), opt_int("dim", dim),
                                                               bool(truncate), hook)
+        return MultiVectors(data, offsets, pooled)
+
+    @property
+    def has_vision(self) -> bool:
+        """Whether a vision tower is loaded (``embed_images`` works)."""
+        return self._m.has_vision
+
+    def embed_images(self, images: Any, task: Optional[str] = None, dim: Optional[int] = None, *,
+                     precision: str = "float32", ranges: Optional[np.ndarray] = None,
+                     calibration_embeddings: Optional[np.ndarray] = None,
+                     show_progress: bool = False) -> np.ndarray:
+        """Embed images (document pages, screenshots, photos) into the same
+        space as ``embed``'s texts of the same task: ``embed(query,
+        task=t) @ embed_images(pages, task=t).T`` is the retrieval score.
+
+        An image is a path, the bytes of an image file, a PIL image or a
+        ``height x width x 3`` uint8 numpy array (``jv4.images``). One image
+        gives ``(dim,)``; a sequence of n gives ``(n, dim)``. Each image is
+        resized within the model's image budget (``image_min_tokens`` /
+        ``image_max_tokens``) and run through the vision tower and the text
+        model in jina-v4's image prompt; its vector is the mean of the last
+        hidden states over the image's span (<|vision_start|> .. <|vision_end|>),
+        L2-normalised, cut to ``dim`` and normalised again, as the reference
+        model does. ``task`` picks the adapter (images take no role prefix).
+        ``precision``, ``ranges``, ``calibration_embeddings`` and
+        ``show_progress`` (counted in images) as for ``embed``.
+
+        A file that does not decode, an empty image, one over
+        ``jv4._core.MAX_IMAGE_PIXELS`` pixels or with an aspect ratio over
+        200 raises ValueError naming it; a model loaded without ``mmproj``
+        raises ValueError."""
+        from .images import prepare_images
+
+        items, single = prepare_images(images)
+        task, dim = _task_arg(task), opt_int("dim", dim)
+
+        def run(hook):
+            (out,) = self._m.embed_images(items, task, dim, False, hook)
+            return out[0] if single else out
+
+        check_precision(precision)
+        with embed_bar(len(items), enabled=bool(show_progress), unit="image") as hook:
+            out = run(hook)
+        if precision == "float32":
+            return out
+        return quantize_embeddings(out, precision, ranges=ranges, calibration_embeddings=calibration_embeddings)
+
+    def embed_images_multivector(self, images: Any, task: Optional[str] = None, dim: Optional[int] = None, *,
+                                 show_progress: bool = False) -> "MultiVectors":
+        """jina-v4 multi-vector output for images: one L2-normalised 128-wide
+        vector per token of each image's prompt (its text tokens, markers and
+        image tokens, as the reference returns them), with ``pooled`` the
+        images' single vectors from the same forward pass. Score text queries
+        against pages with ``jv4.maxsim(model.embed_multivector(q), pages)``.
+        Needs the projector file and the vision tower (a converted folder has
+        both); arguments as ``embed_images``."""
+        from .images import prepare_images
+        from .multivector import MultiVectors
+
+        items, _single = prepare_images(images)
+        with embed_bar(len(items), enabled=bool(show_progress), unit="image") as hook:
+            pooled, data, offsets = self._m.embed_images(items, _task_arg(task), opt_int("dim", dim), True, hook)
         return MultiVectors(data, offsets, pooled)
 
     def encode(self, inputs: Any = None, prompt_name: Optional[str] = None, prompt: Optional[str] = None,

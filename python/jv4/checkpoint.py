@@ -12,6 +12,10 @@ multi-vector projector. From the checkpoint folder (``config.json``,
   (``general.type = adapter``) with ``jina_v4.task`` and the task's prefixes;
 * ``jina-embeddings-v4-projector.gguf``: per task, the multi-vector projector
   ``Linear(2048 -> 128)`` with that task's LoRA merged in (F32);
+* ``jina-embeddings-v4-mmproj-<TYPE>.gguf``: the vision tower (Qwen2.5-VL's
+  ViT and patch merger) as an mmproj that llama.cpp's clip/mtmd loads
+  (projector type ``qwen2.5vl_merger``), with the image statistics and pixel
+  budget of ``preprocessor_config.json``; ``vision=False`` leaves it out;
 * ``jv4.json``: which file is which, read by ``jv4.Model(folder)``.
 
 ``merge=TASK`` writes instead ``jina-embeddings-v4-text-<tag>-<TYPE>.gguf``,
@@ -71,7 +75,10 @@ _LAYER_TENSORS = {
 # prefixes the text model's keys carry in the checkpoint's layouts (newer
 # transformers nest the language model under model.language_model)
 _TEXT_PREFIXES = ("model.language_model.", "language_model.model.", "language_model.", "model.")
-_SKIPPED = re.compile(r"^(model\.)?(visual|vision_tower)\.|^(language_model\.)?lm_head\.")
+_SKIPPED = re.compile(r"^(language_model\.)?lm_head\.")
+# the vision tower's keys in both layouts (transformers 5 nests it under model.)
+_VISION = re.compile(r"^(model\.)?visual\.")
+MMPROJ_NAME = "jina-embeddings-v4-mmproj"
 _PROJECTOR = re.compile(r"^(model\.)?multi_vector_projector\.(weight|bias)$")
 _TASK_KEY = r"(retrieval|text-matching|text_matching|code)"
 _ADAPTER_LINEAR = re.compile(
@@ -226,10 +233,57 @@ def _expected_shapes(s: _Shape) -> dict:
     return out
 
 
+@dataclass
+class _Vision:
+    depth: int
+    hidden: int
+    ffn: int
+    heads: int
+    patch: int
+    merge: int
+    temporal: int
+    window: int
+    out: int
+    n_wa: int
+    mean: list
+    std: list
+    min_pixels: Optional[int]
+    max_pixels: Optional[int]
+    keys: dict  # short HF name -> checkpoint key
+
+
+def _vision_shapes(v: _Vision) -> dict:
+    h, ff, m4 = v.hidden, v.ffn, v.hidden * v.merge * v.merge
+    out = {"patch_embed.proj.weight": (h, 3, v.temporal, v.patch, v.patch), "merger.ln_q.weight": (h,),
+           "merger.mlp.0.weight": (m4, m4), "merger.mlp.0.bias": (m4,),
+           "merger.mlp.2.weight": (v.out, m4), "merger.mlp.2.bias": (v.out,)}
+    per = {"norm1.weight": (h,), "norm2.weight": (h,), "attn.qkv.weight": (3 * h, h), "attn.qkv.bias": (3 * h,),
+           "attn.proj.weight": (h, h), "attn.proj.bias": (h,),
+           "mlp.gate_proj.weight": (ff, h), "mlp.gate_proj.bias": (ff,),
+           "mlp.up_proj.weight": (ff, h), "mlp.up_proj.bias": (ff,),
+           "mlp.down_proj.weight": (h, ff), "mlp.down_proj.bias": (h,)}
+    for i in range(v.depth):
+        for k, shape in per.items():
+            out[f"blocks.{i}.{k}"] = shape
+    return out
+
+
+def _pixels(pre: dict, name: str, size_key: str) -> Optional[int]:
+    v = pre.get(name)
+    if v is None:
+        v = (pre.get("size") or {}).get(size_key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 1 or v != int(v) or v >= 2**31:
+        raise ConversionError(f"preprocessor_config.json: {name} must be a positive whole number of pixels "
+                              f"(got {v!r})")
+    return int(v)
+
+
 class _Checkpoint:
     """Everything read and checked, nothing written."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, vision: bool = True):
         self.root = root
         if not root.is_dir():
             raise ConversionError(f"{root}: not a folder (expected a jina-embeddings-v4 checkpoint folder)")
@@ -247,6 +301,8 @@ class _Checkpoint:
         if not files:
             raise ConversionError(f"{root}: no *.safetensors weights")
         self.tensors = _open_all(files)
+        self.want_vision = vision
+        self.vision = self._read_vision() if vision else None
         self._map_text_model()
         self.tokenizer = self._read_tokenizer()
         self.adapter = self._read_adapter()
@@ -258,7 +314,7 @@ class _Checkpoint:
         self.projector: dict = {}  # "weight"/"bias" -> key
         unknown = []
         for key in self.tensors:
-            if _SKIPPED.match(key):
+            if _SKIPPED.match(key) or _VISION.match(key):
                 continue
             m = _PROJECTOR.match(key)
             if m:
@@ -294,6 +350,89 @@ class _Checkpoint:
             raise ConversionError(f"wrong shape: multi_vector_projector weight {list(w)} / bias {list(b)}, "
                                   f"expected [out, {self.shape.hidden}] / [out]")
         self.projector_out = int(w[0])
+
+    # the vision tower
+    def _read_vision(self) -> "_Vision":
+        keys: dict = {}
+        for key in self.tensors:
+            m = _VISION.match(key)
+            if m:
+                short = key[m.end():]
+                if short in keys:
+                    raise ConversionError(f"two checkpoint tensors for visual.{short}: {keys[short]} and {key}")
+                keys[short] = key
+        if not keys:
+            raise ConversionError("the checkpoint has no vision tower (no visual.* tensors); convert the text "
+                                  "model alone with vision=False (jv4 convert --no-vision)")
+        vc = self.config.get("vision_config")
+        if not isinstance(vc, dict):
+            raise ConversionError("config.json has no vision_config (the vision tower's shape); "
+                                  "or convert with vision=False (--no-vision)")
+        need = ("depth", "hidden_size", "intermediate_size", "num_heads", "out_hidden_size")
+        missing = [k for k in need if k not in vc]
+        if missing:
+            raise ConversionError(f"config.json: vision_config lacks {', '.join(missing)}")
+        pre = _load_json(self.root / "preprocessor_config.json", "the image processor's settings, needed for "
+                         "the vision tower (or convert with vision=False)")
+        depth = int(vc["depth"])
+        full = vc.get("fullatt_block_indexes")
+        if not isinstance(full, list) or not full:
+            raise ConversionError("config.json: vision_config.fullatt_block_indexes must list the vision "
+                                  "tower's full-attention blocks")
+        n_wa = int(full[0]) + 1
+        if sorted(int(x) for x in full) != [i for i in range(depth) if (i + 1) % n_wa == 0]:
+            raise ConversionError(f"config.json: vision_config.fullatt_block_indexes {full} is not every "
+                                  f"{n_wa}th block of {depth}, the one pattern llama.cpp's Qwen2.5-VL graph runs")
+        v = _Vision(depth=depth, hidden=int(vc["hidden_size"]), ffn=int(vc["intermediate_size"]),
+                    heads=int(vc["num_heads"]), patch=int(vc.get("patch_size", 14)),
+                    merge=int(vc.get("spatial_merge_size", 2)), temporal=int(vc.get("temporal_patch_size", 2)),
+                    window=int(vc.get("window_size", 112)), out=int(vc["out_hidden_size"]), n_wa=n_wa,
+                    mean=list(pre.get("image_mean") or []), std=list(pre.get("image_std") or []),
+                    min_pixels=_pixels(pre, "min_pixels", "shortest_edge"),
+                    max_pixels=_pixels(pre, "max_pixels", "longest_edge"), keys=keys)
+        problems = []
+        if v.out != self.shape.hidden:
+            problems.append(f"vision_config.out_hidden_size {v.out} is not the text model's hidden_size "
+                            f"{self.shape.hidden}")
+        if v.merge != 2 or v.temporal != 2:
+            problems.append(f"spatial_merge_size {v.merge} / temporal_patch_size {v.temporal} (llama.cpp runs 2 / 2)")
+        if v.hidden % v.heads or (v.hidden // v.heads) % 4:
+            problems.append(f"{v.heads} vision heads do not split hidden_size {v.hidden} into heads of a multiple of 4")
+        if v.window % (v.patch * v.merge):
+            problems.append(f"window_size {v.window} is not a multiple of patch_size x merge = {v.patch * v.merge}")
+        if vc.get("hidden_act", "silu") != "silu":
+            problems.append(f"vision hidden_act {vc.get('hidden_act')!r} (the Qwen2.5-VL tower uses silu)")
+        for k, got in (("patch_size", pre.get("patch_size")), ("merge_size", pre.get("merge_size")),
+                       ("temporal_patch_size", pre.get("temporal_patch_size"))):
+            exp = {"patch_size": v.patch, "merge_size": v.merge, "temporal_patch_size": v.temporal}[k]
+            if got is not None and got != exp:
+                problems.append(f"preprocessor_config.json {k} {got} differs from the vision tower's {exp}")
+        for k, vals in (("image_mean", v.mean), ("image_std", v.std)):
+            if len(vals) != 3 or not all(isinstance(x, (int, float)) and np.isfinite(x) for x in vals) or (
+                    k == "image_std" and min(vals) <= 0):
+                problems.append(f"preprocessor_config.json {k} must be 3 finite numbers (got {vals!r})")
+        if v.min_pixels and v.max_pixels and v.min_pixels > v.max_pixels:
+            problems.append(f"preprocessor_config.json min_pixels {v.min_pixels} > max_pixels {v.max_pixels}")
+        if problems:
+            raise ConversionError("the vision tower cannot be converted: " + "; ".join(problems))
+        expected = _vision_shapes(v)
+        unknown = sorted(set(keys) - set(expected))
+        if unknown:
+            raise ConversionError(f"{len(unknown)} vision tensor(s) of unknown role: "
+                                  f"{', '.join(keys[k] for k in unknown[:20])}")
+        missing = [k for k in expected if k not in keys]
+        if missing:
+            raise ConversionError(f"the checkpoint lacks {len(missing)} vision tensor(s): "
+                                  f"{', '.join('visual.' + k for k in missing[:20])}")
+        bad = [f"{keys[k]} is {list(self.tensors[keys[k]].shape(keys[k]))}, expected {list(e)}"
+               for k, e in expected.items() if self.tensors[keys[k]].shape(keys[k]) != e]
+        if bad:
+            raise ConversionError("wrong shape: " + "; ".join(bad[:10]))
+        return v
+
+    def read_vision(self, short: str) -> np.ndarray:
+        key = self.vision.keys[short]
+        return self.tensors[key].read(key)
 
     def read(self, short: str) -> np.ndarray:
         key = self.hf[short]
@@ -587,18 +726,88 @@ def _projector_tensors(gguf, ck: _Checkpoint, tasks: list) -> list:
     return out
 
 
+def _mmproj_tensors(gguf, ck: _Checkpoint, outtype: str) -> list:
+    T = gguf.GGMLQuantizationType
+    v = ck.vision
+    h = v.hidden
+    out = []
+
+    def add(name: str, shape: tuple, make: Callable[[], np.ndarray], conv: bool = False):
+        qtype = _tensor_type(gguf, outtype, shape)
+        if conv and qtype not in (T.F32, T.F16):
+            qtype = T.F16  # the patch convolution runs on F32 or F16 kernels only
+        out.append(_Out(name, shape, qtype, make))
+
+    p = v.patch
+    for frame, name in ((0, "v.patch_embd.weight"), (1, "v.patch_embd.weight.1")):
+        # the conv3d over two frames of a still image = two conv2d, summed
+        add(name, (h, 3, p, p), lambda frame=frame: np.ascontiguousarray(
+            ck.read_vision("patch_embed.proj.weight")[:, :, frame]), conv=True)
+    for i in range(v.depth):
+        b, g = f"blocks.{i}.", f"v.blk.{i}."
+        add(g + "ln1.weight", (h,), lambda b=b: ck.read_vision(b + "norm1.weight"))
+        add(g + "ln2.weight", (h,), lambda b=b: ck.read_vision(b + "norm2.weight"))
+        for j, qkv in enumerate(("attn_q", "attn_k", "attn_v")):  # the fused qkv, split in thirds
+            add(f"{g}{qkv}.weight", (h, h), lambda b=b, j=j: np.ascontiguousarray(
+                ck.read_vision(b + "attn.qkv.weight")[j * h:(j + 1) * h]))
+            add(f"{g}{qkv}.bias", (h,), lambda b=b, j=j: np.ascontiguousarray(
+                ck.read_vision(b + "attn.qkv.bias")[j * h:(j + 1) * h]))
+        for hf, gg in (("attn.proj", "attn_out"), ("mlp.gate_proj", "ffn_gate"), ("mlp.up_proj", "ffn_up"),
+                       ("mlp.down_proj", "ffn_down")):
+            for part in ("weight", "bias"):
+                shape = _vision_shapes(v)[f"{b}{hf}.{part}"]
+                add(f"{g}{gg}.{part}", shape, lambda b=b, hf=hf, part=part: ck.read_vision(f"{b}{hf}.{part}"))
+    add("v.post_ln.weight", (h,), lambda: ck.read_vision("merger.ln_q.weight"))
+    for hf, gg in (("merger.mlp.0", "mm.0"), ("merger.mlp.2", "mm.2")):
+        for part in ("weight", "bias"):
+            add(f"{gg}.{part}", _vision_shapes(v)[f"{hf}.{part}"], lambda hf=hf, part=part: ck.read_vision(f"{hf}.{part}"))
+    return out
+
+
+def _mmproj_kv(gguf, ck: _Checkpoint, outtype: str) -> Callable:
+    v = ck.vision
+
+    def kv(w):
+        w.add_name(MMPROJ_NAME)
+        w.add_type("mmproj")
+        w.add_file_type(_file_type(gguf, outtype))
+        w.add_string("clip.projector_type", "qwen2.5vl_merger")
+        w.add_bool("clip.has_vision_encoder", True)
+        w.add_bool("clip.use_silu", True)
+        w.add_uint32("clip.vision.projection_dim", v.out)
+        w.add_uint32("clip.vision.image_size", 560)  # unused by this projector; llama.cpp's converter's value
+        w.add_uint32("clip.vision.patch_size", v.patch)
+        w.add_uint32("clip.vision.embedding_length", v.hidden)
+        w.add_uint32("clip.vision.feed_forward_length", v.ffn)
+        w.add_uint32("clip.vision.block_count", v.depth)
+        w.add_uint32("clip.vision.attention.head_count", v.heads)
+        w.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)  # the tower's RMSNorm eps
+        w.add_uint32("clip.vision.spatial_merge_size", v.merge)
+        w.add_uint32("clip.vision.window_size", v.window)
+        w.add_uint32("clip.vision.n_wa_pattern", v.n_wa)
+        w.add_array("clip.vision.image_mean", [float(x) for x in v.mean])
+        w.add_array("clip.vision.image_std", [float(x) for x in v.std])
+        if v.min_pixels is not None:
+            w.add_uint32(_KEYS["image_min_pixels"], v.min_pixels)
+        if v.max_pixels is not None:
+            w.add_uint32(_KEYS["image_max_pixels"], v.max_pixels)
+    return kv
+
+
 def convert(checkpoint: Union[str, os.PathLike], out_dir: Union[str, os.PathLike], *,
-            outtype: str = "f16", merge: Optional[str] = None,
+            outtype: str = "f16", merge: Optional[str] = None, vision: bool = True,
             progress: Optional[Callable[[str], None]] = None) -> dict:
     """Convert a jina-embeddings-v4 checkpoint folder into GGUF files in
     ``out_dir`` (created; it must not exist or be empty). ``outtype``: the
     base model's matrices as ``"f32"``, ``"f16"`` (default), ``"bf16"`` or
     ``"q8_0"`` (norms and biases stay F32; adapters are F32 for f32, else F16;
     projectors F32). ``merge=TASK``: one merged single-task model instead of
-    base + adapters. ``progress(tensor_name)`` is called after each tensor.
+    base + adapters. ``vision=False``: no vision tower (text only, as
+    before images). ``progress(tensor_name)`` is called after each tensor.
 
     Returns the manifest written to ``out_dir/jv4.json``: ``{"base" or
-    "merged": file, "adapters": {task: file}, "projector": file, ...}``.
+    "merged": file, "adapters": {task: file}, "projector": file, "mmproj":
+    file, "vision": {...}, ...}``.
     Raises ``ConversionError`` (a ValueError) naming what is wrong with the
     checkpoint; nothing is left in ``out_dir`` then."""
     gguf = _gguf()
@@ -609,7 +818,9 @@ def convert(checkpoint: Union[str, os.PathLike], out_dir: Union[str, os.PathLike
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ConversionError(f"{out_dir}: exists and is not an empty folder; choose a new output folder")
-    ck = _Checkpoint(Path(checkpoint))
+    if not isinstance(vision, bool):
+        raise TypeError(f"vision must be True or False, got {type(vision).__name__}")
+    ck = _Checkpoint(Path(checkpoint), vision=vision)
     tasks = [t for t in _core.TASKS if t in ck.adapter.pairs]
     if merge is not None and merge not in tasks:
         raise ConversionError(f"the checkpoint has no adapter for task '{merge}' (it has {', '.join(tasks)})")
@@ -654,6 +865,16 @@ def convert(checkpoint: Union[str, os.PathLike], out_dir: Union[str, os.PathLike
             w.add_string(_KEYS["projector_tasks"], ",".join(tasks))
         _write(gguf, work / projector, "jina-v4-projector", pkv, _projector_tensors(gguf, ck, tasks), progress)
         manifest["projector"] = projector
+        if ck.vision is not None:
+            v = ck.vision
+            mmproj = f"{MMPROJ_NAME}-{T}.gguf"
+            _write(gguf, work / mmproj, "clip", _mmproj_kv(gguf, ck, outtype), _mmproj_tensors(gguf, ck, outtype),
+                   progress)
+            manifest["mmproj"] = mmproj
+            manifest["vision"] = {"projector_type": "qwen2.5vl_merger", "depth": v.depth, "hidden_size": v.hidden,
+                                  "patch_size": v.patch, "window_size": v.window,
+                                  "fullatt_every": v.n_wa, "image_mean": v.mean, "image_std": v.std,
+                                  "min_pixels": v.min_pixels, "max_pixels": v.max_pixels}
         (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         if out_dir.exists():
             out_dir.rmdir()  # empty (checked above)
@@ -666,7 +887,8 @@ def convert(checkpoint: Union[str, os.PathLike], out_dir: Union[str, os.PathLike
 
 def read_manifest(folder: Union[str, os.PathLike]) -> dict:
     """The files of a folder ``convert`` wrote, as absolute paths:
-    ``{"base" or "merged": path, "adapters": {task: path}, "projector": path}``."""
+    ``{"base" or "merged": path, "adapters": {task: path}, "projector": path,
+    "mmproj": path (when converted with the vision tower)}``."""
     folder = Path(folder)
     path = folder / MANIFEST
     if not path.is_file():
@@ -675,6 +897,6 @@ def read_manifest(folder: Union[str, os.PathLike]) -> dict:
         m = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
-    out = {k: str(folder / m[k]) for k in ("base", "merged", "projector") if m.get(k)}
+    out = {k: str(folder / m[k]) for k in ("base", "merged", "projector", "mmproj") if m.get(k)}
     out["adapters"] = {t: str(folder / f) for t, f in (m.get("adapters") or {}).items()}
     return out

@@ -21,10 +21,10 @@ class Bar:
     gives the function to pass as ``progress=`` to one engine call whose
     texts start at ``offset`` of the bar's total."""
 
-    def __init__(self, total: Optional[int], *, desc: str = "embed", file=None) -> None:
+    def __init__(self, total: Optional[int], *, desc: str = "embed", file=None, unit: str = "text") -> None:
         from tqdm.auto import tqdm
 
-        self._tqdm = tqdm(total=total, unit="text", desc=desc, file=file or sys.stderr,
+        self._tqdm = tqdm(total=total, unit=unit, desc=desc, file=file or sys.stderr,
                           dynamic_ncols=True, smoothing=0.1)
         self._t0 = time.perf_counter()
         self._tokens_before = 0  # tokens of the calls already finished
@@ -51,12 +51,14 @@ class Bar:
 
 
 @contextlib.contextmanager
-def embed_bar(total: Optional[int], *, enabled: bool) -> Iterator[Optional[Callable[[int, int, int], None]]]:
-    """The progress hook for one ``embed`` call (None when not enabled)."""
+def embed_bar(total: Optional[int], *, enabled: bool,
+              unit: str = "text") -> Iterator[Optional[Callable[[int, int, int], None]]]:
+    """The progress hook for one ``embed`` call (None when not enabled);
+    ``unit="image"`` for ``embed_images``."""
     if not enabled:
         yield None
         return
-    bar = Bar(total)
+    bar = Bar(total, unit=unit)
     try:
         yield bar.hook(0)
     finally:
