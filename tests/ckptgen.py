@@ -207,7 +207,10 @@ def write_checkpoint(root: Path, vocab: "mg.Vocab", *, shape: mg.Shape = mg.TINY
     else:
         cfg.update(text_cfg)
     (root / "config.json").write_text(json.dumps(cfg))
-    vocab.with_vision_tokens().reference_tokenizer().save(str(root / "tokenizer.json"))
+    # Qwen2.5-VL's vision tokens where the vocabulary reaches their ids (the
+    # fuzzer's small vocabulary does not: its image prompt is plain text)
+    tok_vocab = vocab.with_vision_tokens() if vocab.size > 151656 else vocab
+    tok_vocab.reference_tokenizer().save(str(root / "tokenizer.json"))
     return Checkpoint(root, shape, n_vocab, weights, (proj_w, proj_b), lora, alpha / rank, vweights)
 
 

@@ -3,8 +3,9 @@
     python tools/fuzz_gguf.py --cases 10000 --seed 1 --jobs 2   # the long run
     python tools/fuzz_gguf.py --replay 1:4711 --keep /tmp/case  # one case again
 
-Every case is a small valid model (three bases: qwen2 F32, qwen2vl F16,
-qwen2 Q4_K_M; a cut-down Qwen2 vocabulary so that a load takes milliseconds)
+Every case is a small valid file (four bases: models qwen2 F32, qwen2vl F16,
+qwen2 Q4_K_M with a cut-down Qwen2 vocabulary so that a load takes
+milliseconds, and a vision tower mmproj loaded beside its text model)
 changed by one mutation, deterministic from (seed, case number):
 
 - header: magic, version, tensor and key counts that lie;
@@ -301,6 +302,8 @@ def mut_kv_dup(rng, g, raw):
 
 
 def mut_vocab(rng, g, raw):
+    if g.find("tokenizer.ggml.tokens") is None:  # a vision tower has no vocabulary
+        return mut_hparams(rng, g, raw)
     toks = g.find("tokenizer.ggml.tokens").value[1]
     types = g.find("tokenizer.ggml.token_type")
     merges = g.find("tokenizer.ggml.merges")
@@ -475,7 +478,9 @@ MUTATIONS: dict = {
 
 # ---------------------------------------------------------------- base models
 def make_bases(d: Path) -> list:
-    """Three small valid models: qwen2 F32, qwen2vl F16, qwen2 Q4_K_M."""
+    """Four small valid files: models qwen2 F32, qwen2vl F16, qwen2 Q4_K_M,
+    and a vision tower (mmproj F16, loaded beside its converted text model,
+    VISION_TEXT)."""
     sys.path.insert(0, str(ROOT / "tests"))
     import jv4
     import modelgen as mg
@@ -491,7 +496,31 @@ def make_bases(d: Path) -> list:
     c = d / "base-qwen2-Q4_K_M.gguf"
     jv4.quantize(f32, c, "Q4_K_M")
     f32.unlink()
-    return [a, b, c]
+    return [a, b, c, make_vision_base(d, vocab, small)]
+
+
+VISION_TEXT = "vision-text.gguf"  # beside a vision base: the text model it feeds
+
+
+def make_vision_base(d: Path, vocab, shape) -> Path:
+    import ckptgen as cg
+    import jv4
+
+    ck = cg.write_checkpoint(d / "vision-ckpt", vocab, shape=shape, pad_vocab=0, rank=2)
+    files = jv4.convert(ck.root, d / "vision-out", outtype="f16", merge="retrieval")
+    (d / "vision-out" / files["merged"]).rename(d / VISION_TEXT)
+    out = d / "base-mmproj-F16.gguf"
+    (d / "vision-out" / files["mmproj"]).rename(out)
+    import shutil
+
+    shutil.rmtree(d / "vision-ckpt")
+    shutil.rmtree(d / "vision-out")
+    return out
+
+
+def text_model_for(base: Path) -> str:
+    """'' for a model base; the text model path for a vision tower base."""
+    return str(base.parent / VISION_TEXT) if "mmproj" in base.name else ""
 
 
 def make_case(bases: list, seed: int, case: int) -> tuple:
@@ -501,7 +530,7 @@ def make_case(bases: list, seed: int, case: int) -> tuple:
     raw = base.read_bytes()
     kind = rng.choice(sorted(MUTATIONS))
     data, what = MUTATIONS[kind](rng, parse(raw), raw)
-    return data, kind, f"{base.name}: {what}"
+    return data, kind, f"{base.name}: {what}", text_model_for(base)
 
 
 # ---------------------------------------------------------------- child worker
@@ -528,18 +557,22 @@ def reset_peak():
 
 MARK = "@@jv4-fuzz@@ "
 print(MARK + json.dumps({"ready": True}), flush=True)
+image = (np.arange(60 * 90 * 3) % 251).astype(np.uint8).reshape(60, 90, 3)
 for line in sys.stdin:
-    path = line.strip()
+    path, _, text = line.rstrip("\n").partition("\t")
     reset_peak()
     out = {}
     try:
-        m = jv4.Model(path, n_threads=1)
+        # a vision tower case: the damaged file is the mmproj beside a good text model
+        m = jv4.Model(text, mmproj=path, n_threads=1) if text else jv4.Model(path, n_threads=1)
     except Exception as e:
         out = {"outcome": "refused", "error": type(e).__name__, "message": str(e)[:300]}
     else:
         try:
             v = m.embed(["hello world", "", "Ωmega 123 <|endoftext|>"], truncate=True)
             m.tokenize("tokens, please")
+            if text:
+                v = np.concatenate([v.ravel(), m.embed_images([image, image[:30]]).ravel()])
             out = {"outcome": "loaded" if np.isfinite(v).all() else "nonfinite"}
         except Exception as e:
             out = {"outcome": "embed_error", "error": type(e).__name__, "message": str(e)[:300]}
@@ -578,10 +611,11 @@ class Worker:
         for line in proc.stderr:
             self._stderr.append(line)
 
-    def run(self, path: Path, timeout: float) -> dict:
+    def run(self, path: Path, timeout: float, text: str = "") -> dict:
+        """One case: the model file `path`, or the mmproj `path` beside text model `text`."""
         if self.proc is None or self.proc.poll() is not None:
             self.start()
-        self.proc.stdin.write(str(path) + "\n")
+        self.proc.stdin.write(str(path) + ("\t" + text if text else "") + "\n")
         self.proc.stdin.flush()
         answer: list = []
         reader = threading.Thread(target=lambda: answer.append(self._answer()), daemon=True)
@@ -634,9 +668,9 @@ def run(cases: range, seed: int, jobs: int = 2, timeout: float = 30.0, max_rss_m
                     case = next(todo, None)
                 if case is None:
                     break
-                data, kind, what = make_case(bases, seed, case)
+                data, kind, what, text = make_case(bases, seed, case)
                 path.write_bytes(data)
-                res = w.run(path, timeout)
+                res = w.run(path, timeout, text)
                 if res["outcome"] in ("loaded", "refused", "embed_error") and res.get("peak_mb", 0) > max_rss_mb:
                     res["outcome"] = "memory"
                     res["message"] = f"peak RSS {res['peak_mb']} MB"
@@ -684,7 +718,7 @@ def main() -> None:
         res = run(range(case, case + 1), seed, jobs=1, timeout=args.timeout, max_rss_mb=args.max_rss_mb,
                   keep=args.keep)
         with tempfile.TemporaryDirectory() as d:
-            _, kind, what = make_case(make_bases(Path(d)), seed, case)
+            _, kind, what, _ = make_case(make_bases(Path(d)), seed, case)
         print(json.dumps({"kind": kind, "mutation": what, **res}, indent=1))
         return
     res = run(range(args.start, args.start + args.cases), args.seed, jobs=args.jobs, timeout=args.timeout,

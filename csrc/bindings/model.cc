@@ -260,7 +260,7 @@ void register_model(py::module_& m) {
                s.model->embed(items.views, req, data, cancel, counted, multi.get());
              });
              py::tuple tokens = multi_arrays(std::move(multi), n);
-             return py::make_tuple(pooled, tokens[0], tokens[1]);
+             return py::make_tuple(pooled, py::object(tokens[0]), py::object(tokens[1]));
            },
            py::arg("texts"), py::arg("task") = py::none(), py::arg("role") = "query",
            py::arg("dim") = py::none(), py::arg("truncate") = true,
@@ -282,7 +282,7 @@ void register_model(py::module_& m) {
              });
              if (!multivector) return py::make_tuple(pooled);
              py::tuple tokens = multi_arrays(std::move(multi), n);
-             return py::make_tuple(pooled, tokens[0], tokens[1]);
+             return py::make_tuple(pooled, py::object(tokens[0]), py::object(tokens[1]));
            },
            py::arg("images"), py::arg("task") = py::none(), py::arg("dim") = py::none(),
            py::arg("multivector") = false, py::arg("progress") = py::none(),

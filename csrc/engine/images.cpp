@@ -94,6 +94,22 @@ RgbImage decode_image(const ImageInput& in) {
                                 "(PNG, JPEG, GIF, BMP, PSD, PNM, HDR, TGA); install Pillow (pip install "
                                 "'jv4[images]') or pass decoded pixels");
   }
+  // sizes read from the header where stb_image would refuse big ones with a
+  // vaguer message (its "too large"), and truncation it would pass over
+  auto be32 = [&](size_t at) {
+    return static_cast<uint32_t>(in.data[at]) << 24 | static_cast<uint32_t>(in.data[at + 1]) << 16 |
+           static_cast<uint32_t>(in.data[at + 2]) << 8 | in.data[at + 3];
+  };
+  if (format == "png" && in.size >= 24 && std::memcmp(in.data + 12, "IHDR", 4) == 0) {
+    check_image_size(be32(16), be32(20), in.name);
+  }
+  if (format == "jpeg") {
+    // stb_image decodes a cut JPEG without complaint (grey below the cut):
+    // a file with no end-of-image marker is refused as truncated
+    bool eoi = false;
+    for (size_t i = in.size; i >= 2 && !eoi; --i) eoi = in.data[i - 2] == 0xff && in.data[i - 1] == 0xd9;
+    if (!eoi) throw std::invalid_argument(in.name + ": cannot decode the jpeg data: truncated (no end-of-image marker)");
+  }
   const int len = static_cast<int>(in.size);
   int w = 0, h = 0, comp = 0;
   if (!stbi_info_from_memory(in.data, len, &w, &h, &comp)) {

@@ -116,6 +116,11 @@ MmprojFacts check_mmproj(const std::string& path, int n_embd_text) {
     throw ModelLoadError(path + ": not a readable GGUF file" + (why.empty() ? "" : ": " + why));
   }
   const Header h(g.get(), path);
+  {
+    const int64_t a = gguf_find_key(g.get(), "general.architecture");
+    const std::string arch = a >= 0 && gguf_get_kv_type(g.get(), a) == GGUF_TYPE_STRING ? gguf_get_val_str(g.get(), a) : "";
+    if (arch != "clip") h.fail("general.architecture is '" + arch + "', not 'clip': not an mmproj file");
+  }
   // every key known, with its type
   for (int64_t i = 0; i < gguf_get_n_kv(g.get()); ++i) {
     const std::string key = gguf_get_key(g.get(), i);
@@ -129,8 +134,6 @@ MmprojFacts check_mmproj(const std::string& path, int n_embd_text) {
              type_name(it->second));
     }
   }
-  const std::string arch = gguf_get_val_str(g.get(), h.id("general.architecture", true));
-  if (arch != "clip") h.fail("general.architecture is '" + arch + "', not 'clip': not an mmproj file");
   MmprojFacts f;
   f.projector_type = gguf_get_val_str(g.get(), h.id("clip.projector_type", true));
   if (f.projector_type != kProjectorType) {

@@ -80,16 +80,17 @@ def build_info() -> dict:
 
 
 def convert(checkpoint: Union[str, os.PathLike], out_dir: Union[str, os.PathLike], *,
-            outtype: str = "f16", merge: Optional[str] = None) -> dict:
+            outtype: str = "f16", merge: Optional[str] = None, vision: bool = True) -> dict:
     """Convert the jina-embeddings-v4 Hugging Face checkpoint folder
-    ``checkpoint`` into ``out_dir``: one base GGUF, a LoRA GGUF per task and
+    ``checkpoint`` into ``out_dir``: one base GGUF, a LoRA GGUF per task,
     the multi-vector projectors (or, with ``merge=TASK``, one merged
-    single-task GGUF and the projectors). ``jv4.Model(out_dir)`` loads the
+    single-task GGUF and the projectors) and the vision tower as an mmproj
+    GGUF for ``embed_images`` (``vision=False``: text only). ``jv4.Model(out_dir)`` loads the
     result. What each file holds: ``help(jv4.checkpoint)``;
     needs ``pip install 'jv4[convert]'``."""
     from .checkpoint import convert as _convert
 
-    return _convert(checkpoint, out_dir, outtype=outtype, merge=merge)
+    return _convert(checkpoint, out_dir, outtype=outtype, merge=merge, vision=vision)
 
 
 def quantize(src: Union[str, os.PathLike], dst: Union[str, os.PathLike], type: str,

@@ -8,7 +8,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['GGUF_KEYS', 'MATRYOSHKA_DIMS', 'Model', 'ModelInfo', 'ModelLoadError', 'ModelOptions', 'ROLES', 'TASKS', 'build_info', 'check_role', 'check_task', 'imatrix_types', 'jina_official_repo', 'jina_prefix', 'kv_cache_types', 'quantize', 'quantize_types']
+__all__: list[str] = ['GGUF_KEYS', 'MATRYOSHKA_DIMS', 'MAX_IMAGE_PIXELS', 'Model', 'ModelInfo', 'ModelLoadError', 'ModelOptions', 'ROLES', 'TASKS', 'build_info', 'check_role', 'check_task', 'decode_image', 'image_format', 'imatrix_types', 'jina_official_repo', 'jina_prefix', 'kv_cache_types', 'quantize', 'quantize_types']
 class ModelLoadError(RuntimeError):
     pass
 class ModelOptions:
@@ -18,6 +18,7 @@ class ModelOptions:
     f16_as_bf16: bool | None
     flash_attn: bool | None
     kv_cache_type: str | None
+    mmproj: str | None
     projector: str | None
     repack: bool | None
     def __init__(self, **kwargs) -> None:
@@ -35,6 +36,18 @@ class ModelOptions:
         ...
     @batch_tokens.setter
     def batch_tokens(self, arg0: typing.SupportsInt | typing.SupportsIndex | None) -> None:
+        ...
+    @property
+    def image_max_tokens(self) -> int | None:
+        ...
+    @image_max_tokens.setter
+    def image_max_tokens(self, arg0: typing.SupportsInt | typing.SupportsIndex | None) -> None:
+        ...
+    @property
+    def image_min_tokens(self) -> int | None:
+        ...
+    @image_min_tokens.setter
+    def image_min_tokens(self, arg0: typing.SupportsInt | typing.SupportsIndex | None) -> None:
         ...
     @property
     def main_gpu(self) -> int | None:
@@ -95,6 +108,12 @@ class ModelInfo:
     def flash_attn(self) -> str:
         ...
     @property
+    def image_max_tokens(self) -> int | None:
+        ...
+    @property
+    def image_min_tokens(self) -> int | None:
+        ...
+    @property
     def jina_v4(self) -> bool:
         ...
     @property
@@ -108,6 +127,9 @@ class ModelInfo:
         ...
     @property
     def max_length(self) -> int:
+        ...
+    @property
+    def mmproj(self) -> str | None:
         ...
     @property
     def n_ctx_train(self) -> int:
@@ -168,7 +190,11 @@ class Model:
         ...
     def embed(self, texts: typing.Any, task: str | None = None, role: str = 'query', dim: typing.SupportsInt | typing.SupportsIndex | None = None, truncate: bool = True, progress: collections.abc.Callable | None = None) -> numpy.typing.NDArray[numpy.float32]:
         ...
-    def embed_multivector(self, texts: typing.Any, task: str | None = None, role: str = 'query', dim: typing.SupportsInt | typing.SupportsIndex | None = None, truncate: bool = True, progress: collections.abc.Callable | None = None) -> tuple[numpy.typing.NDArray[numpy.float32], numpy.typing.NDArray[numpy.float32], numpy.typing.NDArray[numpy.int64]]:
+    def embed_images(self, images: typing.Any, task: str | None = None, dim: typing.SupportsInt | typing.SupportsIndex | None = None, multivector: bool = False, progress: collections.abc.Callable | None = None) -> tuple:
+        """
+        images: [("encoded", name, bytes) | ("rgb", name, uint8 HxWx3)]; returns (pooled (n, dim),) or, with multivector, (pooled, token vectors (total, width), offsets (n + 1,))
+        """
+    def embed_multivector(self, texts: typing.Any, task: str | None = None, role: str = 'query', dim: typing.SupportsInt | typing.SupportsIndex | None = None, truncate: bool = True, progress: collections.abc.Callable | None = None) -> tuple[numpy.typing.NDArray[numpy.float32], typing.Any, typing.Any]:
         """
         (pooled (n, dim), token vectors (total, width), offsets (n + 1,)): one call's single and per-token vectors from the same decodes
         """
@@ -190,6 +216,9 @@ class Model:
         ...
     @property
     def dims(self) -> list[int]:
+        ...
+    @property
+    def has_vision(self) -> bool:
         ...
     @property
     def info(self) -> ModelInfo:
@@ -263,6 +292,14 @@ def check_task(task: typing.Any, name: str = 'task', or_none: bool = False) -> N
     """
     ValueError naming the allowed tasks unless `task` is one (or None, with or_none)
     """
+def decode_image(data: bytes, name: str = 'image') -> numpy.typing.NDArray[numpy.uint8]:
+    """
+    the engine's decoding of an encoded image: height x width x 3 uint8 (alpha composited over white); ValueError naming `name` when it is not an image jv4 embeds
+    """
+def image_format(data: bytes) -> tuple[str, bool]:
+    """
+    (format, decoded by the engine): the format an encoded image's first bytes announce ('' when unknown) and whether jv4's built-in decoder reads it
+    """
 def imatrix_types() -> list[str]:
     ...
 def jina_official_repo(task: str) -> str:
@@ -279,8 +316,9 @@ def quantize(src: str, dst: str, type: str, n_threads: typing.SupportsInt | typi
     ...
 def quantize_types() -> list[str]:
     ...
-GGUF_KEYS: dict = {'base': 'jina_v4.base', 'task': 'jina_v4.task', 'source': 'jina_v4.source', 'prefix': 'jina_v4.prefix.{role}', 'projector_tasks': 'jina_v4.projector.tasks', 'projector_weight': 'multi_vector.{task}.weight', 'projector_bias': 'multi_vector.{task}.bias'}
+GGUF_KEYS: dict = {'base': 'jina_v4.base', 'task': 'jina_v4.task', 'source': 'jina_v4.source', 'prefix': 'jina_v4.prefix.{role}', 'projector_tasks': 'jina_v4.projector.tasks', 'projector_weight': 'multi_vector.{task}.weight', 'projector_bias': 'multi_vector.{task}.bias', 'image_min_pixels': 'clip.vision.image_min_pixels', 'image_max_pixels': 'clip.vision.image_max_pixels'}
 MATRYOSHKA_DIMS: tuple = (128, 256, 512, 1024, 2048)
+MAX_IMAGE_PIXELS: int = 178956970
 ROLES: tuple = ('query', 'passage')
 TASKS: tuple = ('retrieval', 'text-matching', 'code')
 __version__: str = '0.1.0'
