@@ -362,3 +362,44 @@ def test_progress_counts_images(model):
     model._m.embed_images([("rgb", "a", picture(40, 40)), ("rgb", "b", picture(50, 30))], "retrieval", None,
                           False, lambda n, tok, total: seen.append(n))
     assert seen and seen[-1] == 2
+
+
+# --- the command and the Embedder --------------------------------------------------
+def test_cli_embeds_images_and_jsonl_image_fields(folders, model, tmp_path):
+    import subprocess
+    import sys
+
+    folder = folders["f32"][0]
+    paths = []
+    for k, (w, h) in enumerate(SIZES[:2]):
+        p = tmp_path / f"p{k}.png"
+        p.write_bytes(png(picture(w, h)))
+        paths.append(str(p))
+    want = model.embed_images(paths, task="code")
+    run = subprocess.run([sys.executable, "-m", "jv4", "embed", "-m", str(folder), "--task", "code", "-q",
+                          "--image", *paths, "-o", str(tmp_path / "out.npy")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), want)
+    # JSON Lines: an "image" field holds a path; texts and images may mix
+    lines = [{"image": paths[0]}, {"text": "a page about waves"}, {"image": paths[1], "id": 7}]
+    (tmp_path / "in.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    run = subprocess.run([sys.executable, "-m", "jv4", "embed", "-m", str(folder), "--task", "code", "-q",
+                          "-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl")],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert rows[2]["id"] == 7
+    np.testing.assert_allclose([rows[0]["embedding"], rows[2]["embedding"]], want, atol=1e-6)
+    np.testing.assert_allclose(rows[1]["embedding"], model.embed("a page about waves", task="code"), atol=1e-6)
+    # images without a vision tower: one line, exit 2
+    run = subprocess.run([sys.executable, "-m", "jv4", "embed", "--image", paths[0]], capture_output=True, text=True)
+    assert run.returncode == 2 and "vision tower" in run.stderr
+
+
+def test_embedder_routes_images(folders):
+    emb = jv4.Embedder(models={t: folders["f32"][0] for t in cg.TASKS})
+    a = emb.embed_images(picture(224, 224), task="text-matching")
+    b = emb.model("text-matching").embed_images(picture(224, 224), task="text-matching")
+    np.testing.assert_array_equal(a, b)
+    assert len(emb.embed_images_multivector([picture(60, 60)], task="code")) == 1
+    emb.close()

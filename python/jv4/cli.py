@@ -3,6 +3,8 @@
     jv4 embed "some text" "another"                 # JSON Lines on stdout
     jv4 embed -i passages.txt -o passages.npy --role passage --dim 512
     jv4 embed -i docs.jsonl --field body -o docs.jsonl.out.jsonl --task code
+    jv4 embed -m CONVERTED_DIR --image page1.png page2.jpg -o pages.npy
+    jv4 embed -m CONVERTED_DIR -i pages.jsonl             # lines {"image": "path"} (or "text")
     jv4 info [MODEL]
     jv4 quantize SRC.gguf DST.gguf Q4_K_M [--imatrix FILE]
     jv4 imatrix MODEL -i calibration.txt -o imatrix.gguf
@@ -55,8 +57,9 @@ class _Parser(argparse.ArgumentParser):
 @dataclass
 class Record:
     line: int                 # 1-based input line (0 for command-line texts)
-    text: str
+    text: str                 # the text, or the image's path when `image`
     fields: Optional[dict]    # the JSON object of a JSON Lines input line
+    image: bool = False       # an image file to embed (--image, or a JSON Lines "image" field)
 
 
 def _decode(raw: bytes, where: str, line: int) -> str:
@@ -87,11 +90,14 @@ def _read_records(stream: io.BufferedIOBase, where: str, jsonl: bool, field: str
             raise UsageError(f"{where} line {n} is not JSON: {err.msg} (column {err.colno})") from None
         if not isinstance(obj, dict):
             raise UsageError(f"{where} line {n} is not a JSON object")
-        if field not in obj:
-            raise UsageError(f"{where} line {n} has no field {field!r} (choose it with --field)")
-        if not isinstance(obj[field], str):
-            raise UsageError(f"{where} line {n}: field {field!r} is {type(obj[field]).__name__}, not a string")
-        yield Record(n, obj[field], obj)
+        image = field not in obj and field == "text" and "image" in obj
+        key = "image" if image else field
+        if key not in obj:
+            raise UsageError(f"{where} line {n} has no field {field!r} (choose it with --field)"
+                             + (" nor 'image' (a path)" if field == "text" else ""))
+        if not isinstance(obj[key], str):
+            raise UsageError(f"{where} line {n}: field {key!r} is {type(obj[key]).__name__}, not a string")
+        yield Record(n, obj[key], obj, image)
 
 
 class _Input:
@@ -102,7 +108,11 @@ class _Input:
 
     def __init__(self, a: argparse.Namespace) -> None:
         self.texts = a.texts
+        self.images = a.image or []
         self.file = None
+        if self.images:
+            self.n = len(self.images)
+            return
         if self.texts:
             self.n = len(self.texts)
             return
@@ -124,6 +134,8 @@ class _Input:
         self.n = sum(1 for _ in self._records())
 
     def _records(self) -> Iterator[Record]:
+        if self.images:
+            return (Record(0, p, None, True) for p in self.images)
         if self.file is None:
             return (Record(0, t, None) for t in self.texts)
         self.file.seek(0)
@@ -175,7 +187,7 @@ class _Output:
             return
         lines = []
         for rec, vec in zip(records, vectors.tolist()):
-            obj = dict(rec.fields) if rec.fields is not None else {"text": rec.text}
+            obj = dict(rec.fields) if rec.fields is not None else {"image" if rec.image else "text": rec.text}
             if rec.fields is not None and self.vector_field in rec.fields:
                 raise UsageError(f"input line {rec.line} already has a field {self.vector_field!r}: "
                                  "name the vector's field with --vector-field")
@@ -206,6 +218,7 @@ class _Output:
 # --- commands ----------------------------------------------------------------
 def _model_kwargs(a: argparse.Namespace) -> dict:
     pairs = (("n_threads", a.threads), ("batch_tokens", getattr(a, "batch_tokens", None)),
+             ("image_max_tokens", getattr(a, "image_max_tokens", None)),
              ("flash_attn", getattr(a, "flash_attn", None)), ("kv_cache_type", getattr(a, "kv_cache_type", None)))
     return {k: v for k, v in pairs if v is not None}
 
@@ -223,12 +236,15 @@ def _engine(a: argparse.Namespace):
 
 
 def cmd_embed(a: argparse.Namespace) -> int:
-    if a.texts and a.input is not None:
-        raise UsageError("give texts as arguments or -i FILE, not both")
-    if not a.texts and a.input is None:
-        raise UsageError("nothing to embed: give texts as arguments, or -i FILE (- for stdin)")
+    if sum(map(bool, (a.texts, a.input is not None, a.image))) > 1:
+        raise UsageError("give texts as arguments, -i FILE or --image FILE..., one of them")
+    if not a.texts and a.input is None and not a.image:
+        raise UsageError("nothing to embed: give texts as arguments, -i FILE (- for stdin) or --image FILE...")
     if a.chunk < 1:
         raise UsageError(f"--chunk must be >= 1, got {a.chunk}")
+    if a.image and a.model is None:
+        raise UsageError("--image needs -m with the vision tower: a folder `jv4 convert` wrote "
+                         "(the official GGUFs are text only)")
     if a.field is not None and (a.texts or a.format == "lines"):
         raise UsageError("--field applies to JSON Lines input (-i FILE.jsonl or --format jsonl)")
     ranges = None
@@ -263,8 +279,23 @@ def _embed_all(a: argparse.Namespace, source: _Input, ranges: Optional[np.ndarra
     bar = Bar(n, desc="embed") if a.progress else None
 
     def embed(start: int, chunk: list) -> np.ndarray:
-        return engine.embed_float32([r.text for r in chunk], task, a.role, a.dim,
-                                    progress=bar.hook(start) if bar else None)
+        hook = bar.hook(start) if bar else None
+        if not any(r.image for r in chunk):
+            return engine.embed_float32([r.text for r in chunk], task, a.role, a.dim, progress=hook)
+        # images (and any texts beside them), each kind in one call, rows in input order
+        out = np.empty((len(chunk), dim), np.float32)
+        texts = [i for i, r in enumerate(chunk) if not r.image]
+        images = [i for i, r in enumerate(chunk) if r.image]
+        if texts:
+            out[texts] = engine.embed_float32([chunk[i].text for i in texts], task, a.role, a.dim)
+        paths = [chunk[i].text for i in images]
+        for p, r in zip(paths, (chunk[i] for i in images)):
+            if not os.path.isfile(p):
+                raise UsageError(f"image not found: {p}" + (f" (input line {r.line})" if r.line else ""))
+        out[images] = engine.embed_images(paths, task, a.dim, show_progress=False)
+        if hook is not None:
+            hook(len(chunk), 0, 0)
+        return out
 
     try:
         if two_pass:
@@ -363,14 +394,14 @@ def cmd_convert(a: argparse.Namespace) -> int:
 
     bar = tqdm(desc="convert", unit="tensor", file=sys.stderr, dynamic_ncols=True) if a.progress else None
     try:
-        manifest = convert(a.checkpoint, a.out_dir, outtype=a.outtype, merge=a.merge,
+        manifest = convert(a.checkpoint, a.out_dir, outtype=a.outtype, merge=a.merge, vision=not a.no_vision,
                            progress=(lambda name: bar.update(1)) if bar else None)
     finally:
         if bar is not None:
             bar.close()
     if not a.quiet:
         files = [manifest.get("base") or manifest.get("merged"), *manifest.get("adapters", {}).values(),
-                 manifest["projector"]]
+                 manifest["projector"], *([manifest["mmproj"]] if "mmproj" in manifest else [])]
         print(f"wrote {a.out_dir}: {', '.join(files)} (load it with jv4.Model({str(a.out_dir)!r}))",
               file=sys.stderr)
     return 0
@@ -385,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Embed texts (arguments, a text file with one text a line, or "
                                    "JSON Lines) into vectors: .npy, .jsonl, or JSON Lines on stdout.")
     e.add_argument("texts", nargs="*", metavar="TEXT", help="texts to embed (or use -i)")
+    e.add_argument("--image", nargs="+", metavar="FILE",
+                   help="image files to embed (needs -m with a vision tower: a folder jv4 convert wrote)")
     e.add_argument("-i", "--input", metavar="FILE",
                    help="a UTF-8 file, one text a line, or JSON Lines (.jsonl or --field); - for stdin")
     e.add_argument("--field", metavar="NAME", help="JSON Lines input: the field holding the text (default: text)")
@@ -410,6 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="llama.cpp's flash attention on or off (default: llama.cpp decides)")
     e.add_argument("--kv-cache-type", choices=jv4.KV_CACHE_TYPES, metavar="TYPE",
                    help="KV cache element type for long texts: " + ", ".join(jv4.KV_CACHE_TYPES) + " (default: bf16 on CPUs with AVX512-BF16 for BF16 and quantized weights, else f16)")
+    e.add_argument("--image-max-tokens", type=int, metavar="N",
+                   help="image budget: at most N tokens an image (default: the checkpoint's)")
     e.add_argument("--chunk", type=int, default=4096, help="texts per engine call (default 4096)")
     e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
@@ -453,6 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the base model's matrices (default f16)")
     c.add_argument("--merge", choices=jv4.TASKS, metavar="TASK",
                    help=f"write one model with this task's adapter merged ({', '.join(jv4.TASKS)})")
+    c.add_argument("--no-vision", action="store_true",
+                   help="leave the vision tower out (text only: no mmproj file, no embed_images)")
     c.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary line")

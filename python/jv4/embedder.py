@@ -134,6 +134,21 @@ class Embedder(EncodeQueryDocument):
         return st_encode(lambda texts, role, hook: model.embed_float32(texts, task, role, progress=hook),
                          task, inputs, prompt_name, prompt, batch_size, show_progress_bar, **kwargs)
 
+    def embed_images(self, images: Any, task: str = "retrieval", dim: Optional[int] = None, *,
+                     precision: str = "float32", ranges: Optional[np.ndarray] = None,
+                     calibration_embeddings: Optional[np.ndarray] = None, show_progress: bool = False) -> np.ndarray:
+        """``Model.embed_images`` on the model of ``task``. Images need a model
+        with its vision tower: map the task to a folder ``jv4 convert`` wrote
+        (``models={task: folder}``); the official text GGUFs have none."""
+        return self.model(task).embed_images(images, task, dim, precision=precision, ranges=ranges,
+                                             calibration_embeddings=calibration_embeddings,
+                                             show_progress=show_progress)
+
+    def embed_images_multivector(self, images: Any, task: str = "retrieval", dim: Optional[int] = None, *,
+                                 show_progress: bool = False):
+        """``Model.embed_images_multivector`` on the model of ``task``."""
+        return self.model(task).embed_images_multivector(images, task, dim, show_progress=show_progress)
+
     def embed_float32(self, texts, task: str = "retrieval", role: str = "query",
                       dim: Optional[int] = None, *, truncate: bool = True, progress=None) -> np.ndarray:
         """``Model.embed_float32`` on the model of ``task``."""
