@@ -325,7 +325,7 @@ def test_cli_convert_then_embed(ckpt, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted([
         "jina-embeddings-v4-base-F16.gguf", "jina-embeddings-v4-lora-retrieval.gguf",
         "jina-embeddings-v4-lora-text-matching.gguf", "jina-embeddings-v4-lora-code.gguf",
-        "jina-embeddings-v4-projector.gguf", "jv4.json"])
+        "jina-embeddings-v4-projector.gguf", "jina-embeddings-v4-mmproj-F16.gguf", "jv4.json"])
     r = subprocess.run([sys.executable, "-m", "jv4", "embed", "-m", str(out), "--task", "code", "hello"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

@@ -403,3 +403,34 @@ def test_embedder_routes_images(folders):
     np.testing.assert_array_equal(a, b)
     assert len(emb.embed_images_multivector([picture(60, 60)], task="code")) == 1
     emb.close()
+
+
+def test_ctrl_c_interrupts_an_image_call_and_the_model_still_works(folders):
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import os, signal, sys, threading, time, numpy as np, jv4
+        m = jv4.Model(sys.argv[1])
+        img = (np.arange(400 * 300 * 3) % 251).astype(np.uint8).reshape(300, 400, 3)
+        before = m.embed_images(img, task="retrieval")
+        sent = {}
+        def interrupt():
+            sent["t"] = time.monotonic()
+            os.kill(os.getpid(), signal.SIGINT)
+        threading.Timer(1.0, interrupt).start()
+        try:
+            m.embed_images([img] * 5000, task="retrieval")   # minutes of work
+        except KeyboardInterrupt:
+            latency = time.monotonic() - sent["t"]
+        else:
+            raise SystemExit("embed_images finished without being interrupted")
+        np.testing.assert_array_equal(m.embed_images(img, task="retrieval"), before)
+        print(f"LATENCY {latency:.3f}")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script, str(folders["f32"][0])], capture_output=True, text=True,
+                          timeout=300, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert float(proc.stdout.split("LATENCY")[1]) < 1.5

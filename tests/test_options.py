@@ -23,8 +23,8 @@ SET = {
     "flash_attn": (False, "off"),
     "kv_cache_type": ("f32", "f32"),
 }
-# options that need other files, or a GPU, checked below
-ELSEWHERE = {"adapters", "projector", "main_gpu"}
+# options that need other files, or a GPU, checked below (the image options: tests/test_images.py)
+ELSEWHERE = {"adapters", "projector", "main_gpu", "mmproj", "image_min_tokens", "image_max_tokens"}
 
 
 def _fields():
