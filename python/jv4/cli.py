@@ -349,6 +349,8 @@ def cmd_info(a: argparse.Namespace) -> int:
         "n_layer": info.get("n_layer"),
         "n_ctx_train": info.get("n_ctx_train"),
         "max_length": m.max_length,
+        "mmproj": info.get("mmproj"),
+        "image_tokens": [info.get("image_min_tokens"), info.get("image_max_tokens")] if m.has_vision else None,
         "file_bytes": os.path.getsize(path),
     }
     print(json.dumps(facts, indent=2))
