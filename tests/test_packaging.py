@@ -71,16 +71,23 @@ def test_sdist_carries_the_pruned_llama_cpp_and_its_licences(tmp_path):
     for needed in ("vendor/llama.cpp/.jv4-fetched", "vendor/llama.cpp/CMakeLists.txt", "vendor/llama.cpp/LICENSE",
                    "vendor/llama.cpp/src/llama.cpp", "vendor/llama.cpp/ggml/src/ggml.c",
                    "vendor/llama.cpp/include/llama.h", "vendor/llama.cpp/models/ggml-vocab-qwen2.gguf",
-                   "vendor/llama.cpp.lock", "CMakeLists.txt", "csrc/engine/model.cpp", "tests/conftest.py"):
+                   "vendor/llama.cpp.lock", "CMakeLists.txt", "csrc/engine/model.cpp", "tests/conftest.py",
+                   # image input: llama.cpp's multimodal library
+                   "vendor/llama.cpp/tools/mtmd/CMakeLists.txt", "vendor/llama.cpp/tools/mtmd/clip.cpp",
+                   "vendor/llama.cpp/tools/mtmd/models/qwen2vl.cpp", "vendor/llama.cpp/tools/mtmd/debug/mtmd-debug.h"):
         assert needed in names, needed
     assert any(n.startswith("vendor/llama.cpp/licenses/") for n in names)
-    for dropped in ("vendor/llama.cpp/tools/", "vendor/llama.cpp/common/", "build/", ".git/", "bench/models/"):
+    for dropped in ("vendor/llama.cpp/tools/server/", "vendor/llama.cpp/tools/ui/", "vendor/llama.cpp/tools/mtmd/test-",
+                    "vendor/llama.cpp/tools/mtmd/tests/", "vendor/llama.cpp/common/", "build/", ".git/",
+                    "bench/models/"):
         assert not any(n.startswith(dropped) for n in names), dropped
     assert not any(n.endswith(".tar.gz") for n in names)
     # the patched tree, not the archive's: jv4's lm_head patch is in it
     with tarfile.open(sdist) as tf:
         member = next(m for m in tf.getmembers() if m.name.endswith("/vendor/llama.cpp/src/models/qwen2.cpp"))
         assert "jv4 patch" in tf.extractfile(member).read().decode()
+        member = next(m for m in tf.getmembers() if m.name.endswith("/vendor/llama.cpp/tools/mtmd/clip.cpp"))
+        assert "jv4 patch 0010" in tf.extractfile(member).read().decode()
 
 
 def test_integrations_are_extras_the_base_install_does_not_pull_in():
