@@ -87,6 +87,9 @@ def test_gpu_layers_and_the_main_gpu():
     (AVX512, {"batch_tokens": 0}, r"batch_tokens must be >= 1"),
     (AVX512, {"kv_cache_type": "q9"}, r"kv_cache_type must be one of f32, f16, bf16, q8_0, .* got 'q9'"),
     (AVX512, {"kv_cache_type": "q4_0", "flash_attn": False}, r"quantized, which llama.cpp supports only with flash"),
+    (AVX512, {"batch_wait_ms": -1.0}, r"batch_wait_ms must be 0\.\.1000 \(or None\), got -1"),
+    (AVX512, {"batch_wait_ms": 1000.5}, r"batch_wait_ms must be 0\.\.1000 \(or None\), got 1000\.5"),
+    (AVX512, {"batch_wait_ms": float("nan")}, r"batch_wait_ms must be 0\.\.1000 \(or None\), got nan"),
 ])
 def test_bad_options_are_refused_naming_the_allowed_values(build, options, message):
     with pytest.raises(ValueError, match=message):

@@ -22,6 +22,8 @@ SET = {
     "f16_as_bf16": (False, False),
     "flash_attn": (False, "off"),
     "kv_cache_type": ("f32", "f32"),
+    "coalesce": (True, True),
+    "batch_wait_ms": (5.0, 5.0),
 }
 # options that need other files, or a GPU, checked below (the image options: tests/test_images.py)
 ELSEWHERE = {"adapters", "projector", "main_gpu", "mmproj", "image_min_tokens", "image_max_tokens"}

@@ -73,6 +73,57 @@ def test_planner_refuses_empty_budgets():
         stages.plan_decodes([1], 0, 1)
 
 
+# --- cross-call batching: which queued calls share the next decode ------------------
+def check_group(queue, batch_tokens, max_seqs):
+    group, wait = stages.pick_group(queue, batch_tokens, max_seqs)
+    lead_text, lead_task, lead_tokens, lead_texts = queue[0]
+    assert group[0] == 0 and group == sorted(set(group))
+    alone = not lead_text or lead_tokens > batch_tokens or lead_texts > max_seqs
+    if alone:
+        assert group == [0] and wait is False
+        return group
+    members = [queue[i] for i in group]
+    assert all(text and task == lead_task for text, task, _, _ in members)
+    tokens = sum(m[2] for m in members)
+    texts = sum(m[3] for m in members)
+    assert tokens <= batch_tokens and texts <= max_seqs
+    # nothing left behind that would still have fitted (the group only grows,
+    # so a call skipped for want of room does not fit the final group either)
+    for i, (text, task, n_tok, n_txt) in enumerate(queue):
+        if i not in group and text and task == lead_task:
+            assert tokens + n_tok > batch_tokens or texts + n_txt > max_seqs
+    assert wait == (tokens < batch_tokens and texts < max_seqs)
+    # off: the oldest alone
+    assert stages.pick_group(queue, batch_tokens, max_seqs, coalesce=False)[0] == [0]
+    return group
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_group_takes_every_later_call_of_the_task_that_fits(seed):
+    rng = np.random.default_rng(seed)
+    queue = [(bool(rng.random() > 0.1), str(rng.choice(["retrieval", "code", ""])),
+              int(rng.choice([0, 1, 9, 40, 300, 600])), int(rng.integers(1, 6)))
+             for _ in range(int(rng.integers(1, 30)))]
+    check_group(queue, int(rng.choice([64, 512])), int(rng.choice([4, 16, 256])))
+
+
+def test_group_examples():
+    q = [(True, "retrieval", 10, 1), (True, "code", 10, 1), (True, "retrieval", 500, 1),
+         (False, "retrieval", 1, 1), (True, "retrieval", 20, 2)]
+    assert check_group(q, 512, 256) == [0, 2]      # 10 + 500; the 20-token call no longer fits
+    assert check_group(q, 100, 256) == [0, 4]      # the 500-token call skipped, a later small one joins
+    assert check_group(q, 512, 2) == [0, 2]
+    assert check_group([(True, "code", 600, 1), (True, "code", 1, 1)], 512, 256) == [0]  # too big: alone
+    assert stages.pick_group([(True, "", 512, 1)], 512, 256) == ([0], False)  # a full decode waits for no one
+
+
+def test_group_refuses_an_empty_queue_or_budget():
+    with pytest.raises(ValueError, match="the queue is empty"):
+        stages.pick_group([], 512, 256)
+    with pytest.raises(ValueError, match="batch_tokens and max_seqs must be >= 1"):
+        stages.pick_group([(True, "", 1, 1)], 0, 256)
+
+
 # --- the output stage ---------------------------------------------------------------
 @pytest.mark.parametrize("pooling", ["mean", "cls", "last"])
 @pytest.mark.parametrize("dim", [1, 7, 32])

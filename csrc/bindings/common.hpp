@@ -13,6 +13,7 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <vector>
 
 #include "engine/model.hpp"
 
@@ -23,9 +24,11 @@ namespace py = pybind11;
 // Sends queued llama.cpp log lines to logging.getLogger("jv4"). Needs the GIL.
 void flush_logs();
 
-// A long-lived thread that runs jobs in order. One per Model: the OpenMP
-// team ggml uses belongs to the thread that computes, so reusing one thread
-// reuses one team (a fresh thread per call costs a fresh team every call).
+// The threads that run a Model's calls off the GIL: a pool that grows by one
+// thread whenever a call arrives and none is idle (up to kMaxThreads; beyond,
+// calls wait their turn), so calls from many Python threads reach the engine
+// together - where they tokenize in parallel and queue for the model's one
+// compute thread (engine/model.hpp), which shares decodes between them.
 class Worker {
  public:
   struct Job {
@@ -43,10 +46,12 @@ class Worker {
 
  private:
   void loop();
+  static constexpr size_t kMaxThreads = 512;
   std::deque<std::shared_ptr<Job>> queue_;
   std::condition_variable queued_;
   bool stop_ = false;
-  std::thread thread_;
+  size_t idle_ = 0;
+  std::vector<std::thread> threads_;
 };
 
 // Runs `work` on `worker` (or a one-off thread when null) with the GIL

@@ -173,6 +173,28 @@ void register_model(py::module_& m) {
       .def_property_readonly("path", [](const M& s) { return s.model->path(); })
       .def_property_readonly("dims", [](const M& s) { return s.model->dims(); })
       .def_property_readonly("info", [](const M& s) -> jv4::ModelInfo { return s.model->info(); })  // a copy
+      .def(
+          "stats",
+          [](const M& s) {
+            const jv4::ComputeStats st = s.model->stats();
+            py::dict d;
+            d["calls"] = st.calls;
+            d["groups"] = st.groups;
+            d["texts"] = st.texts;
+            d["tokens"] = st.tokens;
+            d["images"] = st.images;
+            d["queue_seconds"] = st.queue_seconds;
+            d["compute_seconds"] = st.compute_seconds;
+            py::list bounds;
+            for (int b : jv4::ComputeStats::kGroupSizeBounds) bounds.append(b);
+            bounds.append(py::none());
+            d["group_size_bounds"] = bounds;
+            d["group_sizes"] = st.group_sizes;
+            return d;
+          },
+          "what the compute thread has done since the model loaded: calls, groups (runs, a call alone or "
+          "calls sharing decodes), texts, tokens, images, queue_seconds and compute_seconds (sums), "
+          "group_sizes (groups by calls per group, upper bounds in group_size_bounds; None: the rest)")
       .def("tokenize",
            [](const M& s, py::handle text, std::optional<std::string> task, const std::string& role,
               bool add_prefix, std::optional<int> max_length) {

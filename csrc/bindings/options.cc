@@ -42,7 +42,9 @@ void register_options(py::module_& m) {
       .def_readwrite("kv_cache_type", &O::kv_cache_type)
       .def_readwrite("mmproj", &O::mmproj)
       .def_readwrite("image_min_tokens", &O::image_min_tokens)
-      .def_readwrite("image_max_tokens", &O::image_max_tokens);
+      .def_readwrite("image_max_tokens", &O::image_max_tokens)
+      .def_readwrite("coalesce", &O::coalesce)
+      .def_readwrite("batch_wait_ms", &O::batch_wait_ms);
 
   using I = jv4::ModelInfo;
   py::class_<I>(m, "ModelInfo", "What a loaded model is and how it was loaded (Model.info).")
@@ -81,7 +83,9 @@ void register_options(py::module_& m) {
       .def_readonly("kv_cache_type", &I::kv_cache_type)
       .def_readonly("mmproj", &I::mmproj)
       .def_readonly("image_min_tokens", &I::image_min_tokens)
-      .def_readonly("image_max_tokens", &I::image_max_tokens);
+      .def_readonly("image_max_tokens", &I::image_max_tokens)
+      .def_readonly("coalesce", &I::coalesce)
+      .def_readonly("batch_wait_ms", &I::batch_wait_ms);
 }
 
 }  // namespace jv4py

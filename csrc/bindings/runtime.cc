@@ -32,7 +32,7 @@ void flush_logs() {
   PyErr_Restore(type, value, tb);
 }
 
-Worker::Worker() : thread_([this] { loop(); }) {}
+Worker::Worker() = default;
 
 Worker::~Worker() {
   {
@@ -40,7 +40,7 @@ Worker::~Worker() {
     stop_ = true;
   }
   queued_.notify_all();
-  thread_.join();
+  for (std::thread& t : threads_) t.join();
 }
 
 std::shared_ptr<Worker::Job> Worker::submit(std::function<void()> work) {
@@ -49,6 +49,7 @@ std::shared_ptr<Worker::Job> Worker::submit(std::function<void()> work) {
   {
     std::lock_guard<std::mutex> lock(mu);
     queue_.push_back(job);
+    if (idle_ < queue_.size() && threads_.size() < kMaxThreads) threads_.emplace_back([this] { loop(); });
   }
   queued_.notify_one();
   return job;
@@ -57,7 +58,9 @@ std::shared_ptr<Worker::Job> Worker::submit(std::function<void()> work) {
 void Worker::loop() {
   std::unique_lock<std::mutex> lock(mu);
   for (;;) {
+    ++idle_;
     queued_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+    --idle_;
     if (queue_.empty()) return;  // stop requested and nothing left
     auto job = queue_.front();
     queue_.pop_front();

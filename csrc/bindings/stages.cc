@@ -7,10 +7,12 @@
 
 #include <cctype>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "bindings/common.hpp"
 #include "engine/batch_plan.hpp"
+#include "engine/coalesce.hpp"
 #include "engine/load_policy.hpp"
 #include "ggml.h"
 #include "llama.h"
@@ -93,6 +95,18 @@ void register_stages(py::module_& parent) {
       },
       py::arg("n_tokens"), py::arg("batch_tokens"), py::arg("max_seqs"),
       "(empty texts, [(clear, [(text, seq, begin, end, last)])], longest)");
+  m.def_static(
+      "pick_group",
+      [](const std::vector<std::tuple<bool, std::string, size_t, size_t>>& queue, int batch_tokens, int max_seqs,
+         bool coalesce) {
+        std::vector<jv4::QueuedCall> q;
+        for (const auto& [text, task, n_tokens, n_texts] : queue) q.push_back({text, task, n_tokens, n_texts});
+        return py::make_tuple(jv4::pick_group(q, batch_tokens, max_seqs, coalesce),
+                              jv4::group_has_room(q, batch_tokens, max_seqs));
+      },
+      py::arg("queue"), py::arg("batch_tokens"), py::arg("max_seqs"), py::arg("coalesce") = true,
+      "queue: [(text call, task, n_tokens, n_texts)], oldest first -> (indices of the calls that run next, "
+      "whether the oldest would wait for company)");
   m.def_static(
       "pool",
       [](py::array_t<float, py::array::c_style | py::array::forcecast> hidden, const std::string& pooling,

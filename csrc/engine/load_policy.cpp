@@ -3,6 +3,7 @@
 #include "engine/load_policy.hpp"
 
 #include <algorithm>
+#include <cstdio>
 #include <stdexcept>
 #include <utility>
 
@@ -49,6 +50,12 @@ void check_options(const ModelOptions& opts) {
   if ((opts.image_min_tokens || opts.image_max_tokens) && !opts.mmproj) {
     throw std::invalid_argument("image_min_tokens / image_max_tokens apply to a model loaded with its vision "
                                 "tower (mmproj=)");
+  }
+  if (opts.batch_wait_ms && !(*opts.batch_wait_ms >= 0.0 && *opts.batch_wait_ms <= kMaxBatchWaitMs)) {
+    char got[32];
+    std::snprintf(got, sizeof got, "%g", *opts.batch_wait_ms);
+    throw std::invalid_argument("batch_wait_ms must be 0.." + std::to_string(static_cast<int>(kMaxBatchWaitMs)) +
+                                " (or None), got " + got);
   }
   if (opts.n_gpu_layers && *opts.n_gpu_layers < 0) {
     throw std::invalid_argument("n_gpu_layers must be >= 0 (0: CPU only) or None for all layers, got " +

@@ -177,7 +177,10 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path), f
     }
     load_adapters(opts);
     load_vision(opts);
+    coalesce_ = opts.coalesce.value_or(false);
+    batch_wait_ms_ = opts.batch_wait_ms.value_or(kDefaultBatchWaitMs);
     gather_info(opts);
+    compute_ = std::thread([this] { compute_loop(); });
   } catch (...) {
     vision_.reset();
     free_context();
@@ -267,6 +270,8 @@ void Model::gather_info(const ModelOptions& opts) {
   i.main_gpu = policy_.main_gpu;
   i.flash_attn = !flash_attn_ ? "auto" : *flash_attn_ ? "on" : "off";
   i.kv_cache_type = kv_cache_type_;
+  i.coalesce = coalesce_;
+  i.batch_wait_ms = batch_wait_ms_;
   if (vision_) {
     i.mmproj = opts.mmproj;
     i.image_min_tokens = vision_->min_tokens();
@@ -275,6 +280,7 @@ void Model::gather_info(const ModelOptions& opts) {
 }
 
 Model::~Model() {
+  stop_compute();
   vision_.reset();
   free_context();
   if (model_ != nullptr) llama_model_free(model_);
@@ -623,10 +629,20 @@ void Model::embed(const std::vector<std::string_view>& texts, const Request& req
     multi->offsets.assign(texts.size() + 1, 0);
   }
   if (texts.empty()) return;
-  // 1. tokenize (outside the lock: the vocabulary is read-only)
+  // 1. tokenize on the calling thread (the vocabulary is read-only)
   const std::vector<std::vector<int32_t>> toks = tokenize_all(texts, req, cancel);
-  std::lock_guard<std::mutex> lock(mu_);
-  decode_all(toks, req, out, cancel, progress, multi);
+  // 2. queue for the compute thread, which may share decodes with other calls
+  Call call;
+  call.shape.task = req.task;
+  call.shape.n_texts = toks.size();
+  for (const auto& t : toks) call.shape.n_tokens += t.size();
+  call.toks = &toks;
+  call.req = req;
+  call.out = out;
+  call.progress = progress;
+  call.multi = req.multivector ? multi : nullptr;
+  call.cancel = cancel;
+  run(call);
 }
 
 void Model::imatrix(const std::vector<std::string_view>& texts, const Request& req, ImatrixStats& stats,
@@ -634,50 +650,208 @@ void Model::imatrix(const std::vector<std::string_view>& texts, const Request& r
   if (texts.empty()) return;
   const std::vector<std::vector<int32_t>> toks = tokenize_all(texts, req, cancel);
   std::vector<float> out(texts.size() * static_cast<size_t>(req.dim));
-  std::lock_guard<std::mutex> lock(mu_);
-  // a context whose every weight product is observed (llama.cpp splits the
-  // graph at each: slow, for calibration only); the usual one afterwards
-  struct Observe {
-    Model& m;
-    Observe(Model& model, ImatrixStats* s) : m(model) {
-      m.free_context();
-      m.eval_data_ = s;
-    }
-    ~Observe() {
-      m.free_context();
-      m.eval_data_ = nullptr;
-      try {
-        m.ensure_context(m.batch_tokens_);
-      } catch (...) {  // the next call creates it again
+  Call call;
+  call.shape.text = false;
+  call.cancel = cancel;
+  call.alone = [&] {
+    // on the compute thread, which alone touches the context (decode_all
+    // takes mu_ itself)
+    // a context whose every weight product is observed (llama.cpp splits the
+    // graph at each: slow, for calibration only); the usual one afterwards
+    struct Observe {
+      Model& m;
+      Observe(Model& model, ImatrixStats* s) : m(model) {
+        m.free_context();
+        m.eval_data_ = s;
       }
-    }
-  } observe(*this, &stats);
-  decode_all(toks, req, out.data(), cancel, progress, nullptr);
+      ~Observe() {
+        m.free_context();
+        m.eval_data_ = nullptr;
+        try {
+          m.ensure_context(m.batch_tokens_);
+        } catch (...) {  // the next call creates it again
+        }
+      }
+    } observe(*this, &stats);
+    decode_call(toks, req, out.data(), cancel, progress, nullptr);
+  };
+  run(call);
 }
 
-void Model::decode_all(const std::vector<std::vector<int32_t>>& toks, const Request& req, float* out,
-                       const std::atomic<bool>* cancel, Progress* progress, MultiOutput* multi) {
-  const size_t n = toks.size();
-  const int dim = req.dim;
-  const Projector* proj = req.multivector ? &projectors_.at(req.task) : nullptr;
-  std::vector<size_t> lens(n);
-  for (size_t i = 0; i < n; ++i) lens[i] = toks[i].size();
-  uint64_t total = 0;
-  for (size_t l : lens) total += l;
-  if (progress != nullptr) progress->tokens_total.store(total, std::memory_order_relaxed);
-  auto advance = [&](uint64_t n_texts, uint64_t n_tokens) {
-    if (progress == nullptr) return;
-    progress->tokens.fetch_add(n_tokens, std::memory_order_relaxed);
-    progress->texts.fetch_add(n_texts, std::memory_order_relaxed);
-  };
-  if (multi != nullptr && proj != nullptr) {
-    for (size_t i = 0; i < n; ++i) multi->offsets[i + 1] = multi->offsets[i] + static_cast<int64_t>(lens[i]);
-    multi->data.assign(static_cast<size_t>(total) * static_cast<size_t>(proj->n_out), 0.0f);
+// ---- the compute thread ----------------------------------------------------
+
+void Model::run(Call& call) {
+  std::unique_lock<std::mutex> lock(q_mu_);
+  if (stop_) throw std::runtime_error("the model is being closed");
+  call.queued_at = std::chrono::steady_clock::now();
+  queue_.push_back(&call);
+  q_cv_.notify_all();
+  while (!call.done) {
+    done_cv_.wait_for(lock, std::chrono::milliseconds(20));
+    if (!call.done && !call.running && call.cancel != nullptr && call.cancel->load()) {
+      // still queued: withdraw it
+      queue_.erase(std::find(queue_.begin(), queue_.end(), &call));
+      q_cv_.notify_all();
+      throw Cancelled();
+    }
   }
+  lock.unlock();
+  if (call.error) std::rethrow_exception(call.error);
+}
+
+void Model::compute_loop() {
+  std::unique_lock<std::mutex> lock(q_mu_);
+  auto shapes = [&] {
+    std::vector<QueuedCall> out;
+    out.reserve(queue_.size());
+    for (const Call* c : queue_) out.push_back(c->shape);
+    return out;
+  };
+  for (;;) {
+    q_cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+    if (queue_.empty()) return;  // stopping, nothing left
+    if (coalesce_ && batch_wait_ms_ > 0 && !stop_) {
+      // the oldest call waits (from when it was queued) for others to join
+      const auto deadline = queue_.front()->queued_at +
+                            std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                std::chrono::duration<double, std::milli>(batch_wait_ms_));
+      while (!stop_ && !queue_.empty() && std::chrono::steady_clock::now() < deadline &&
+             group_has_room(shapes(), batch_tokens_, n_seq_max_)) {
+        q_cv_.wait_until(lock, deadline);
+      }
+      if (queue_.empty()) continue;  // withdrawn while waiting
+    }
+    const std::vector<size_t> picked = pick_group(shapes(), batch_tokens_, n_seq_max_, coalesce_);
+    std::vector<Call*> group;
+    for (size_t i : picked) group.push_back(queue_[i]);
+    for (auto it = picked.rbegin(); it != picked.rend(); ++it) {
+      queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(*it));
+    }
+    const auto started = std::chrono::steady_clock::now();
+    for (Call* c : group) {
+      c->running = true;
+      stats_.queue_seconds += std::chrono::duration<double>(started - c->queued_at).count();
+    }
+    lock.unlock();
+    run_group(group);
+    const auto ended = std::chrono::steady_clock::now();
+    lock.lock();
+    stats_.calls += group.size();
+    stats_.groups += 1;
+    for (const Call* c : group) {
+      (c->shape.text ? stats_.texts : stats_.images) += c->shape.n_texts;
+      stats_.tokens += c->shape.n_tokens;
+    }
+    stats_.compute_seconds += std::chrono::duration<double>(ended - started).count();
+    size_t bucket = 0;
+    while (bucket < std::size(ComputeStats::kGroupSizeBounds) &&
+           group.size() > static_cast<size_t>(ComputeStats::kGroupSizeBounds[bucket])) {
+      ++bucket;
+    }
+    stats_.group_sizes[bucket] += 1;
+    for (Call* c : group) c->done = true;
+    done_cv_.notify_all();
+  }
+}
+
+void Model::run_group(const std::vector<Call*>& group) {
+  Call& lead = *group.front();
+  if (lead.alone) {
+    try {
+      lead.alone();
+    } catch (...) {
+      lead.error = std::current_exception();
+    }
+    return;
+  }
+  std::vector<const std::vector<int32_t>*> toks;
+  std::vector<Target> targets;
+  for (Call* c : group) {
+    const size_t n = c->toks->size();
+    if (c->progress != nullptr) c->progress->tokens_total.store(c->shape.n_tokens, std::memory_order_relaxed);
+    if (c->multi != nullptr) {
+      const int width = projectors_.at(c->req.task).n_out;
+      for (size_t i = 0; i < n; ++i) {
+        c->multi->offsets[i + 1] = c->multi->offsets[i] + static_cast<int64_t>((*c->toks)[i].size());
+      }
+      c->multi->data.assign(c->shape.n_tokens * static_cast<size_t>(width), 0.0f);
+    }
+    for (size_t i = 0; i < n; ++i) {
+      toks.push_back(&(*c->toks)[i]);
+      targets.push_back(Target{c->out + i * static_cast<size_t>(c->req.dim), c->req.dim, c->multi, i, c->progress,
+                               &c->error});
+    }
+  }
+  // alone, the call's own flag also aborts a running decode; shared decodes
+  // (one each: the group fits one) run to their end and cancelled callers
+  // get Cancelled below
+  const std::atomic<bool>* cancel = group.size() == 1 ? lead.cancel : nullptr;
+  try {
+    decode_all(toks, targets, lead.req, cancel);
+  } catch (...) {
+    for (Call* c : group) {
+      if (!c->error) c->error = std::current_exception();
+    }
+  }
+  for (Call* c : group) {
+    if (!c->error && c->cancel != nullptr && c->cancel->load()) c->error = std::make_exception_ptr(Cancelled());
+  }
+}
+
+ComputeStats Model::stats() const {
+  std::lock_guard<std::mutex> lock(q_mu_);
+  return stats_;
+}
+
+void Model::stop_compute() {
+  {
+    std::lock_guard<std::mutex> lock(q_mu_);
+    stop_ = true;
+  }
+  q_cv_.notify_all();
+  if (compute_.joinable()) compute_.join();
+}
+
+// ---- decodes ---------------------------------------------------------------
+
+void Model::decode_call(const std::vector<std::vector<int32_t>>& toks, const Request& req, float* out,
+                        const std::atomic<bool>* cancel, Progress* progress, MultiOutput* multi) {
+  std::vector<const std::vector<int32_t>*> ptrs;
+  std::vector<Target> targets;
+  std::exception_ptr error;
+  uint64_t total = 0;
+  for (size_t i = 0; i < toks.size(); ++i) {
+    ptrs.push_back(&toks[i]);
+    targets.push_back(Target{out + i * static_cast<size_t>(req.dim), req.dim, multi, i, progress, &error});
+    total += toks[i].size();
+  }
+  if (progress != nullptr) progress->tokens_total.store(total, std::memory_order_relaxed);
+  decode_all(ptrs, targets, req, cancel);
+  if (error) std::rethrow_exception(error);
+}
+
+void Model::decode_all(const std::vector<const std::vector<int32_t>*>& toks, const std::vector<Target>& targets,
+                       const Request& req, const std::atomic<bool>* cancel) {
+  const size_t n = toks.size();
+  bool any_multi = false;
+  for (const Target& t : targets) any_multi = any_multi || t.multi != nullptr;
+  const Projector* proj = any_multi ? &projectors_.at(req.task) : nullptr;
+  std::vector<size_t> lens(n);
+  for (size_t i = 0; i < n; ++i) lens[i] = toks[i]->size();
+  // a text's outputs; the first error of its call is kept, later ones dropped
+  auto finish = [&](const Target& t, const double* acc, size_t n_pooled) {
+    try {
+      finish_pooled(acc, n_embd_, n_pooled, pool_, t.dim, t.out, t.index);
+    } catch (...) {
+      if (!*t.error) *t.error = std::current_exception();
+    }
+    if (t.progress != nullptr) t.progress->texts.fetch_add(1, std::memory_order_relaxed);
+  };
 
   // 2. which tokens go into which decode
   const Plan plan = plan_decodes(lens, batch_tokens_, n_seq_max_);
 
+  std::lock_guard<std::mutex> lock(mu_);
   struct CancelScope {
     std::atomic<const std::atomic<bool>*>& slot;
     CancelScope(std::atomic<const std::atomic<bool>*>& s, const std::atomic<bool>* c) : slot(s) { slot = c; }
@@ -697,10 +871,7 @@ void Model::decode_all(const std::vector<std::vector<int32_t>>& toks, const Requ
   // tokens pooled: all of them for mean, the one for cls / last
   auto n_pooled = [&](size_t len) { return pool_ == Pooling::Mean ? len : std::min<size_t>(len, 1); };
 
-  for (size_t text : plan.empty) {
-    finish_pooled(nullptr, n_embd_, 0, pool_, dim, out + text * static_cast<size_t>(dim), text);
-    advance(1, 0);
-  }
+  for (size_t text : plan.empty) finish(targets[text], nullptr, 0);
   for (const Decode& d : plan.decodes) {
     if (cancel && cancel->load()) throw Cancelled();
     if (d.clear) llama_memory_clear(mem, true);
@@ -708,13 +879,14 @@ void Model::decode_all(const std::vector<std::vector<int32_t>>& toks, const Requ
     for (const Span& sp : d.spans) {
       if (sp.begin == 0) std::fill(acc_row(sp.seq), acc_row(sp.seq) + n_embd_, 0.0);
       const int len = static_cast<int>(lens[sp.text]);
+      const bool per_token = targets[sp.text].multi != nullptr;
       for (int p = sp.begin; p < sp.end; ++p) {
         const int j = batch.n_tokens++;
-        batch.token[j] = toks[sp.text][static_cast<size_t>(p)];
+        batch.token[j] = (*toks[sp.text])[static_cast<size_t>(p)];
         batch.pos[j] = p;
         batch.n_seq_id[j] = 1;
         batch.seq_id[j][0] = sp.seq;
-        batch.logits[j] = proj != nullptr || pooled_token(pool_, p, len);
+        batch.logits[j] = per_token || pooled_token(pool_, p, len);
       }
     }
     const int rc = llama_decode(ctx_, batch);
@@ -726,25 +898,23 @@ void Model::decode_all(const std::vector<std::vector<int32_t>>& toks, const Requ
     }
     int j = 0;
     for (const Span& sp : d.spans) {
+      const Target& t = targets[sp.text];
       const int len = static_cast<int>(lens[sp.text]);
       for (int p = sp.begin; p < sp.end; ++p, ++j) {
         if (!batch.logits[j]) continue;
         const float* e = llama_get_embeddings_ith(ctx_, j);
         if (e == nullptr) throw std::runtime_error("llama.cpp returned no embedding for a token");
         if (pooled_token(pool_, p, len)) accumulate_row(acc_row(sp.seq), e, n_embd_);
-        if (proj != nullptr) {
-          const size_t row = static_cast<size_t>(multi->offsets[sp.text]) + static_cast<size_t>(p);
-          project_token(*proj, e, multi->data.data() + row * static_cast<size_t>(proj->n_out), sp.text);
+        if (t.multi != nullptr) {
+          const size_t row = static_cast<size_t>(t.multi->offsets[t.index]) + static_cast<size_t>(p);
+          project_token(*proj, e, t.multi->data.data() + row * static_cast<size_t>(proj->n_out), t.index);
         }
       }
-      if (sp.last) {
-        finish_pooled(acc_row(sp.seq), n_embd_, n_pooled(lens[sp.text]), pool_, dim,
-                      out + sp.text * static_cast<size_t>(dim), sp.text);
+      if (t.progress != nullptr) {
+        t.progress->tokens.fetch_add(static_cast<uint64_t>(sp.end - sp.begin), std::memory_order_relaxed);
       }
+      if (sp.last) finish(t, acc_row(sp.seq), n_pooled(lens[sp.text]));
     }
-    uint64_t finished = 0;
-    for (const Span& sp : d.spans) finished += sp.last ? 1 : 0;
-    advance(finished, static_cast<uint64_t>(d.n_tokens()));
   }
   llama_memory_clear(mem, true);
   // A context grown for long texts gives its memory back after the call.

@@ -4,16 +4,24 @@
 // Matryoshka truncation, per-token vectors). Plain C++; knows nothing of Python.
 #pragma once
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
+#include <exception>
+#include <iterator>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
+#include "engine/coalesce.hpp"
 #include "engine/images.hpp"
 #include "engine/imatrix.hpp"
 #include "engine/load_policy.hpp"
@@ -50,6 +58,9 @@ struct ModelInfo {
   std::optional<int> main_gpu;
   std::string flash_attn;     // "auto", "on", "off"
   std::string kv_cache_type;  // the type in use
+  // cross-call batching (coalesce.hpp): on/off and the oldest call's wait
+  bool coalesce = false;
+  double batch_wait_ms = 0.0;
   // image input: the vision tower loaded and its image budget (merged tokens)
   std::optional<std::string> mmproj;
   std::optional<int> image_min_tokens, image_max_tokens;
@@ -65,6 +76,21 @@ struct Progress {
 };
 
 // What embed() is asked for, after validation.
+// What the compute thread has done since the model loaded (Model::stats):
+// for monitoring (jv4 serve's /metrics) and for tests that check calls
+// really shared decodes. A snapshot; counters only grow.
+struct ComputeStats {
+  uint64_t calls = 0;   // embed / embed_images / imatrix calls run (cancelled while queued: not counted)
+  uint64_t groups = 0;  // runs of the compute thread: a call alone, or calls sharing decodes
+  uint64_t texts = 0, tokens = 0, images = 0;
+  double queue_seconds = 0;    // summed over calls: queued until their group started
+  double compute_seconds = 0;  // summed over groups: the group's run
+  // calls per group: group_sizes[i] counts groups of <= kGroupSizeBounds[i]
+  // calls and more than the bound before it (the last counts the rest)
+  static constexpr int kGroupSizeBounds[] = {1, 2, 4, 8, 16, 32, 64, 128};
+  std::vector<uint64_t> group_sizes = std::vector<uint64_t>(std::size(kGroupSizeBounds) + 1, 0);
+};
+
 struct Request {
   std::string prefix;  // added in front of every text ("" for none)
   std::string task;    // jina-v4 task ("" for other models)
@@ -102,6 +128,7 @@ class Model {
   const std::string& path() const { return path_; }
   std::vector<int> dims() const;  // allowed `dim` values
   const ModelInfo& info() const { return info_; }
+  ComputeStats stats() const;
   // tasks with a loaded adapter / a multi-vector projector (in jina::tasks() order)
   std::vector<std::string> adapter_tasks() const;
   std::vector<std::string> projector_tasks() const;
@@ -124,7 +151,13 @@ class Model {
                                      const std::atomic<bool>* cancel = nullptr) const;
 
   // Embeds texts into out[texts.size() * req.dim] (row-major, input order).
-  // `cancel` is polled between and inside decodes; when set, throws Cancelled.
+  // Safe to call from many threads at once: the texts are tokenized on the
+  // calling thread, then the call queues for the model's compute thread,
+  // which runs concurrent calls of one task in shared decodes where they fit
+  // one (coalesce.hpp; options coalesce, batch_wait_ms). Each call gets its
+  // own rows, errors and cancellation.
+  // `cancel` is polled while queued, between and inside decodes (inside only
+  // when the call runs alone); when set, throws Cancelled.
   // `progress` (optional) is advanced after each decode.
   // With req.multivector, `multi` (required) receives every token's projected,
   // L2-normalised vector from the same decodes.
@@ -155,11 +188,57 @@ class Model {
  private:
   void ensure_context(int n_ctx_needed);
   void free_context();
+
+  // The compute thread: every decode of this model runs on it (ggml's OpenMP
+  // team belongs to the thread that computes: one thread, one team). Calls
+  // queue oldest first; run() submits one and waits for it.
+  struct Call {
+    QueuedCall shape;
+    std::function<void()> alone;  // a call that is not a text embed
+    // a text embed
+    const std::vector<std::vector<int32_t>>* toks = nullptr;
+    Request req;
+    float* out = nullptr;
+    Progress* progress = nullptr;
+    MultiOutput* multi = nullptr;
+    const std::atomic<bool>* cancel = nullptr;
+    std::chrono::steady_clock::time_point queued_at;
+    bool running = false, done = false;
+    std::exception_ptr error;
+  };
+  void run(Call& call);
+  ComputeStats stats_;  // under q_mu_
+  void compute_loop();
+  void run_group(const std::vector<Call*>& group);
+  mutable std::mutex q_mu_;
+  std::condition_variable q_cv_;     // a call queued or withdrawn, or stop
+  std::condition_variable done_cv_;  // calls finished
+  std::deque<Call*> queue_;
+  bool stop_ = false;
+  std::thread compute_;
+  bool coalesce_ = false;
+  double batch_wait_ms_ = 0.0;
+  void stop_compute();
+
   std::vector<std::vector<int32_t>> tokenize_all(const std::vector<std::string_view>& texts, const Request& req,
                                                  const std::atomic<bool>* cancel) const;
-  // the decodes of tokenized texts, outputs to `out` (and `multi`); mu_ held
-  void decode_all(const std::vector<std::vector<int32_t>>& toks, const Request& req, float* out,
-                  const std::atomic<bool>* cancel, Progress* progress, MultiOutput* multi);
+  // Where one text's outputs go: its vector (dim wide), its per-token rows
+  // (multi, rows from multi->offsets[index]), its call's progress and error.
+  struct Target {
+    float* out = nullptr;
+    int dim = 0;
+    MultiOutput* multi = nullptr;
+    size_t index = 0;  // the text's index in its call (messages, rows)
+    Progress* progress = nullptr;
+    std::exception_ptr* error = nullptr;  // the first error of the text's call
+  };
+  // the decodes of tokenized texts (one task), outputs to their targets; on
+  // the compute thread
+  void decode_all(const std::vector<const std::vector<int32_t>*>& toks, const std::vector<Target>& targets,
+                  const Request& req, const std::atomic<bool>* cancel);
+  // decode_all for the texts of one call
+  void decode_call(const std::vector<std::vector<int32_t>>& toks, const Request& req, float* out,
+                   const std::atomic<bool>* cancel, Progress* progress, MultiOutput* multi);
   ImatrixStats* eval_data_ = nullptr;  // set while imatrix() runs: contexts observe weight products
 
   std::string path_;
@@ -186,6 +265,8 @@ class Model {
   std::map<std::string, Projector> projectors_;
   std::unique_ptr<Vision> vision_;
   void load_vision(const ModelOptions& opts);
+  void embed_images_now(const std::vector<ImageInput>& images, const Request& req, float* out,
+                        const std::atomic<bool>* cancel, Progress* progress, MultiOutput* multi);
   void set_task_adapter(const Request& req);
   void read_model_facts();
   void gather_info(const ModelOptions& opts);

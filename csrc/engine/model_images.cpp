@@ -72,6 +72,17 @@ struct EmbdBatch {
 
 void Model::embed_images(const std::vector<ImageInput>& images, const Request& req, float* out,
                          const std::atomic<bool>* cancel, Progress* progress, MultiOutput* multi) {
+  // on the compute thread, alone (images do not share decodes)
+  Call call;
+  call.shape.text = false;
+  call.shape.n_texts = images.size();  // counted as images (stats)
+  call.cancel = cancel;
+  call.alone = [&] { embed_images_now(images, req, out, cancel, progress, multi); };
+  run(call);
+}
+
+void Model::embed_images_now(const std::vector<ImageInput>& images, const Request& req, float* out,
+                             const std::atomic<bool>* cancel, Progress* progress, MultiOutput* multi) {
   if (!vision_) throw std::invalid_argument(path_ + " was loaded without its vision tower");
   const Projector* proj = req.multivector ? &projectors_.at(req.task) : nullptr;
   if (req.multivector) {

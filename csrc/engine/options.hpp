@@ -14,6 +14,11 @@ namespace jv4 {
 // takes (4 x 16384)^2 floats (16 GiB), so the cap is a guard, not a target
 inline constexpr int kMaxImageTokens = 16384;
 
+// cross-call batching: how long the oldest waiting call waits for others to
+// share its decode (ms; 0: no wait, calls queued meanwhile still share)
+inline constexpr double kDefaultBatchWaitMs = 0.0;
+inline constexpr double kMaxBatchWaitMs = 1000.0;
+
 struct ModelOptions {
   std::optional<int> n_threads;     // none: all cores
   std::optional<int> max_length;    // none: 32768 capped by the trained context
@@ -38,6 +43,12 @@ struct ModelOptions {
   std::optional<std::string> mmproj;
   std::optional<int> image_min_tokens;
   std::optional<int> image_max_tokens;
+  // cross-call batching (coalesce.hpp): concurrent embed() calls of one task
+  // share decodes (none: off, so that a text's vector never depends on other
+  // callers' traffic; jv4 serve turns it on), the oldest waiting up to
+  // batch_wait_ms for company (none: kDefaultBatchWaitMs)
+  std::optional<bool> coalesce;
+  std::optional<double> batch_wait_ms;
 };
 
 // the KV cache types a context accepts, by name ("f16", "bf16", "q8_0", ...)

@@ -15,6 +15,7 @@ class ModelOptions:
     """
     A Model's options by name; None everywhere means the documented default.
     """
+    coalesce: bool | None
     f16_as_bf16: bool | None
     flash_attn: bool | None
     kv_cache_type: str | None
@@ -36,6 +37,12 @@ class ModelOptions:
         ...
     @batch_tokens.setter
     def batch_tokens(self, arg0: typing.SupportsInt | typing.SupportsIndex | None) -> None:
+        ...
+    @property
+    def batch_wait_ms(self) -> float | None:
+        ...
+    @batch_wait_ms.setter
+    def batch_wait_ms(self, arg0: typing.SupportsFloat | typing.SupportsIndex | None) -> None:
         ...
     @property
     def image_max_tokens(self) -> int | None:
@@ -93,7 +100,13 @@ class ModelInfo:
     def batch_tokens(self) -> int:
         ...
     @property
+    def batch_wait_ms(self) -> float:
+        ...
+    @property
     def causal(self) -> bool:
+        ...
+    @property
+    def coalesce(self) -> bool:
         ...
     @property
     def description(self) -> str:
@@ -206,6 +219,10 @@ class Model:
         """
         the task a call with this task= runs (None for models without tasks); ValueError as embed
         """
+    def stats(self) -> dict:
+        """
+        what the compute thread has done since the model loaded: calls, groups (runs, a call alone or calls sharing decodes), texts, tokens, images, queue_seconds and compute_seconds (sums), group_sizes (groups by calls per group, upper bounds in group_size_bounds; None: the rest)
+        """
     def tokenize(self, text: typing.Any, task: str | None = None, role: str = 'query', add_prefix: bool = True, max_length: typing.SupportsInt | typing.SupportsIndex | None = None) -> numpy.typing.NDArray[numpy.int32]:
         ...
     @property
@@ -266,6 +283,11 @@ class _stages:
     def load_policy(tensor_types: collections.abc.Sequence[str], x86: bool, avx512_vnni: bool, avx512_bf16: bool, n_gpus: typing.SupportsInt | typing.SupportsIndex, options: ModelOptions, file_type: str) -> dict:
         """
         the load decisions for a file holding tensors of these ggml types (and of this llama file type) on a build with these facts
+        """
+    @staticmethod
+    def pick_group(queue: collections.abc.Sequence[tuple[bool, str, typing.SupportsInt | typing.SupportsIndex, typing.SupportsInt | typing.SupportsIndex]], batch_tokens: typing.SupportsInt | typing.SupportsIndex, max_seqs: typing.SupportsInt | typing.SupportsIndex, coalesce: bool = True) -> tuple[list[int], bool]:
+        """
+        queue: [(text call, task, n_tokens, n_texts)], oldest first -> (indices of the calls that run next, whether the oldest would wait for company)
         """
     @staticmethod
     def plan_decodes(n_tokens: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], batch_tokens: typing.SupportsInt | typing.SupportsIndex, max_seqs: typing.SupportsInt | typing.SupportsIndex) -> tuple[list[int], list, int]:

@@ -153,9 +153,22 @@ class Model(EncodeQueryDocument):
         the checkpoint's (``preprocessor_config.json``'s min/max pixels), else
         llama.cpp's 8..4096. Time and memory grow with it: docs/usage.md,
         "Images".
+    coalesce: concurrent calls from several threads share decodes: the
+        model's compute thread takes the oldest waiting call and every later
+        one of the same task that fits one decode beside it (``batch_tokens``
+        tokens, multi-vector calls included). Each caller gets its own rows,
+        errors and Ctrl-C, but a text's vector then depends (within float
+        rounding, docs/benchmarks.md "Concurrent callers") on what shared its
+        decode. Default False: calls run one by one and a text's vector is
+        the same bytes however many threads call. ``jv4 serve`` turns it on.
+        Calls that alone need more than one decode always run alone.
+    batch_wait_ms: with ``coalesce``, how long the oldest waiting call waits
+        for others to share its decode (0..1000 ms). Default 0: no wait;
+        calls that queued while the previous decode ran still share.
 
-    Calls are thread-safe (one forward pass at a time per Model) and run
-    without the GIL. A bad file raises FileNotFoundError or ModelLoadError;
+    Calls are thread-safe and run without the GIL, one forward pass at a time
+    per Model (shared by concurrent calls with ``coalesce``). A bad file
+    raises FileNotFoundError or ModelLoadError;
     a name that cannot be resolved, jv4.ModelNotFoundError (or ValueError for
     a quant the repository does not have).
     """
@@ -168,8 +181,10 @@ class Model(EncodeQueryDocument):
                  projector: Optional[ModelSpec] = None, f16_as_bf16: Optional[bool] = None,
                  flash_attn: Optional[bool] = None, kv_cache_type: Optional[str] = None,
                  mmproj: Optional[ModelSpec] = None, image_min_tokens: Optional[int] = None,
-                 image_max_tokens: Optional[int] = None) -> None:
-        for name, flag in (("repack", repack), ("f16_as_bf16", f16_as_bf16), ("flash_attn", flash_attn)):
+                 image_max_tokens: Optional[int] = None, coalesce: Optional[bool] = None,
+                 batch_wait_ms: Optional[float] = None) -> None:
+        for name, flag in (("repack", repack), ("f16_as_bf16", f16_as_bf16), ("flash_attn", flash_attn),
+                           ("coalesce", coalesce)):
             if flag is not None and not isinstance(flag, (bool, np.bool_)):
                 raise TypeError(f"{name} must be True, False or None, got {type(flag).__name__}")
         if kv_cache_type is not None and not isinstance(kv_cache_type, str):
@@ -182,6 +197,11 @@ class Model(EncodeQueryDocument):
         main_gpu = opt_int("main_gpu", main_gpu, minimum=0)
         image_min_tokens = opt_int("image_min_tokens", image_min_tokens)
         image_max_tokens = opt_int("image_max_tokens", image_max_tokens)
+        if batch_wait_ms is not None:
+            if isinstance(batch_wait_ms, bool) or not isinstance(batch_wait_ms, (int, float, np.integer, np.floating)):
+                raise TypeError(f"batch_wait_ms must be a number of milliseconds or None, "
+                                f"got {type(batch_wait_ms).__name__}")
+            batch_wait_ms = float(batch_wait_ms)
         if mmproj is not None:
             if not isinstance(mmproj, (str, os.PathLike)):
                 raise TypeError(f"mmproj must be a path or None, got {type(mmproj).__name__}")
@@ -213,7 +233,8 @@ class Model(EncodeQueryDocument):
             repack=None if repack is None else bool(repack), n_gpu_layers=n_gpu_layers, main_gpu=main_gpu,
             adapters=pairs, projector=projector, f16_as_bf16=None if f16_as_bf16 is None else bool(f16_as_bf16),
             flash_attn=None if flash_attn is None else bool(flash_attn), kv_cache_type=kv_cache_type,
-            mmproj=mmproj, image_min_tokens=image_min_tokens, image_max_tokens=image_max_tokens)
+            mmproj=mmproj, image_min_tokens=image_min_tokens, image_max_tokens=image_max_tokens,
+            coalesce=None if coalesce is None else bool(coalesce), batch_wait_ms=batch_wait_ms)
         self._core: Optional[_core.Model] = _core.Model(path, options)
         # the Unicode normal form the model's reference tokenizer applies first
         # ("NFC" for the Qwen2 vocabulary; None: text goes in as it is)
@@ -299,6 +320,16 @@ class Model(EncodeQueryDocument):
         pooling...) and how it was loaded (each option as it came out:
         n_threads, repack, load_mode, kv_cache_type...)."""
         return info_dict(self._m.info)
+
+    def stats(self) -> dict:
+        """What the model has run since it loaded: ``calls`` (embed, image and
+        calibration calls), ``groups`` (runs of its compute thread: a call
+        alone, or concurrent calls sharing decodes, see ``coalesce``),
+        ``texts``, ``tokens``, ``images``, ``queue_seconds`` and
+        ``compute_seconds`` (sums over calls and groups), and ``group_sizes``:
+        how many groups held up to 1, 2, 4, ... 128 calls and more
+        (``group_size_bounds``, the last None). Counters only grow."""
+        return self._m.stats()
 
     def close(self) -> None:
         """Free the model's memory now (a call running in another thread
