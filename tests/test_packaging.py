@@ -97,11 +97,15 @@ def test_integrations_are_extras_the_base_install_does_not_pull_in():
     base = [r for r in reqs if "extra ==" not in r]
     names = " ".join(base).lower()
     assert "ray" not in names and "langchain" not in names and "pyarrow" not in names, base
+    assert not any(n in names for n in ("starlette", "uvicorn", "prometheus")), base
     assert any(r.startswith("ray[data]") and 'extra == "ray"' in r for r in reqs), reqs
     assert any(r.startswith("langchain-core") and 'extra == "langchain"' in r for r in reqs), reqs
+    for name in ("starlette", "uvicorn", "prometheus-client"):
+        assert any(r.startswith(name) and 'extra == "serve"' in r for r in reqs), reqs
     # and importing jv4 imports neither
     proc = subprocess.run([sys.executable, "-c", "import sys, jv4; print(sorted(m for m in sys.modules "
-                           "if m.split('.')[0] in ('ray', 'langchain_core', 'pyarrow', 'torch')))"],
+                           "if m.split('.')[0] in ('ray', 'langchain_core', 'pyarrow', 'torch', "
+                           "'starlette', 'uvicorn')))"],
                           capture_output=True, text=True, cwd="/")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"

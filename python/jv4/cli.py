@@ -409,10 +409,39 @@ def cmd_convert(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    try:
+        from . import server
+        import uvicorn  # noqa: F401 - the extra's presence, checked before loading anything
+        import starlette  # noqa: F401
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise UsageError("jv4 serve needs the serve extra: pip install 'jv4[serve]'") from None
+    if a.model is not None and a.quant != DEFAULT_QUANT:
+        raise UsageError("--quant applies only without MODEL (give MODEL as repo:QUANT instead)")
+    for name in ("max_batch_texts", "max_request_bytes", "max_concurrency"):
+        v = getattr(a, name)
+        if v is not None and v < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    if not 0 < a.port < 65536:
+        raise UsageError(f"--port must be 1..65535, got {a.port}")
+    opts = server.ServerOptions(api_key=a.api_key or os.environ.get("JV4_API_KEY") or None, role=a.role)
+    for name in ("max_batch_texts", "max_request_bytes", "max_concurrency"):
+        if getattr(a, name) is not None:
+            setattr(opts, name, getattr(a, name))
+    kwargs = _model_kwargs(a)
+    if a.batch_wait_ms is not None:
+        kwargs["batch_wait_ms"] = a.batch_wait_ms
+    kwargs["coalesce"] = not a.no_coalesce  # on: concurrent requests share decodes
+    server.serve(a.model, host=a.host, port=a.port, quant=a.quant, task=a.task, options=opts,
+                 model_kwargs=kwargs, log_level=a.log_level)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="jv4", description="Embeddings from jina-embeddings-v4 GGUF models, in process.")
     ap.add_argument("--version", action="version", version=f"jv4 {jv4.__version__}")
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{embed,info,quantize,imatrix,convert}")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{embed,info,quantize,imatrix,convert,serve}")
 
     e = sub.add_parser("embed", help="embed texts into vectors",
                        description="Embed texts (arguments, a text file with one text a line, or "
@@ -478,6 +507,38 @@ def build_parser() -> argparse.ArgumentParser:
                     help="progress bar on stderr (default: when stderr is a terminal)")
     im.add_argument("-q", "--quiet", action="store_true")
 
+    sv = sub.add_parser("serve", help="an OpenAI-compatible embeddings server (POST /v1/embeddings)",
+                        description="Serve a model over HTTP with OpenAI's /v1/embeddings API (plus task, role, "
+                                    "precision and multivector fields), /v1/models, /health and /metrics. "
+                                    "Concurrent requests share decodes. Needs pip install 'jv4[serve]'.")
+    sv.add_argument("model", nargs="?", metavar="MODEL",
+                    help="a GGUF path, a folder jv4 convert wrote (every task from one base) or repo[:QUANT] "
+                         "(default: the three official jina-embeddings-v4 GGUFs, by task)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    sv.add_argument("--api-key", metavar="KEY",
+                    help="require 'Authorization: Bearer KEY' (default: $JV4_API_KEY, else no key)")
+    sv.add_argument("--max-batch-texts", type=int, default=None, metavar="N",
+                    help="most texts in one request (default 2048, OpenAI's limit)")
+    sv.add_argument("--max-request-bytes", type=int, default=None, metavar="N",
+                    help="largest request body (default 8 MiB)")
+    sv.add_argument("--max-concurrency", type=int, default=None, metavar="N",
+                    help="requests in the engine at once, more wait (default 256)")
+    sv.add_argument("--quant", default=DEFAULT_QUANT, help=f"quant of the official models without MODEL "
+                                                             f"(default {DEFAULT_QUANT})")
+    sv.add_argument("--task", choices=jv4.TASKS, help="task of requests that name none (default: retrieval, or "
+                                                      "the file's own)")
+    sv.add_argument("--role", choices=jv4.ROLES, default="query", help="role of requests that name none "
+                                                                       "(default query)")
+    sv.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    sv.add_argument("--batch-tokens", type=int, help="token budget of one decode (default 512)")
+    sv.add_argument("--batch-wait-ms", type=float, metavar="MS",
+                    help="how long a request waits for others to share its decode (default 0)")
+    sv.add_argument("--no-coalesce", action="store_true", help="run requests one by one, no shared decodes")
+    sv.add_argument("--flash-attn", action=argparse.BooleanOptionalAction, default=None,
+                    help="llama.cpp's flash attention on or off (default: llama.cpp decides)")
+    sv.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+
     c = sub.add_parser("convert", help="convert the jina-embeddings-v4 checkpoint (base + task adapters)",
                        description="Convert a jina-embeddings-v4 Hugging Face checkpoint folder into GGUF "
                                    "files: one base model, a LoRA adapter per task and the multi-vector "
@@ -505,7 +566,7 @@ def main(argv: Optional[list] = None) -> int:
             # the bar: as asked, else when stderr is a terminal; never with -q
             a.progress = not a.quiet and (sys.stderr.isatty() if a.progress is None else a.progress)
         commands = {"embed": cmd_embed, "info": cmd_info, "imatrix": cmd_imatrix, "convert": cmd_convert,
-                    "quantize": cmd_quantize}
+                    "quantize": cmd_quantize, "serve": cmd_serve}
         return commands[a.cmd](a)
     except KeyboardInterrupt:
         print("jv4: interrupted", file=sys.stderr)

@@ -1,0 +1,338 @@
+"""jv4 serve against independent clients: the official OpenAI Python client
+and plain requests, compared with Model.embed in process; bad requests get
+OpenAI-shaped errors with the right status and the server keeps serving;
+SIGTERM lets requests in flight finish."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+openai = pytest.importorskip("openai")
+requests = pytest.importorskip("requests")
+
+import ckptgen as cg  # noqa: E402
+import jv4  # noqa: E402
+from conftest import cosines  # noqa: E402
+from corpus import CORPUS  # noqa: E402
+
+KEY = "sk-test-jv4"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, model: str, *args: str):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "jv4", "serve", model, "--port", str(self.port),
+                                      "--log-level", "warning", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError("jv4 serve exited: " + self.proc.stderr.read()[-3000:])
+            try:
+                if requests.get(self.url + "/health", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("jv4 serve did not come up")
+            time.sleep(0.2)
+
+    def post(self, body, key: str | None = KEY, **kw):
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+        kw.setdefault("timeout", 120)
+        return requests.post(self.url + "/v1/embeddings", data=data, headers=headers, **kw)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def folder(vocab, tmp_path_factory):
+    ckpt = cg.write_checkpoint(tmp_path_factory.mktemp("ckpt") / "nested", vocab, layout="nested")
+    out = tmp_path_factory.mktemp("served") / "jv4-test"
+    jv4.convert(ckpt.root, out, outtype="f32", vision=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def local(folder):
+    return jv4.Model(folder)
+
+
+@pytest.fixture(scope="module")
+def server(folder):
+    s = Server(str(folder), "--api-key", KEY, "--max-batch-texts", "64", "--max-request-bytes", str(2**20))
+    yield s
+    assert s.stop() in (0, -signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
+
+
+TEXTS = [t for t in CORPUS if t][:6]  # an empty string is a 400, as from OpenAI
+
+
+@pytest.mark.parametrize("encoding", [None, "float", "base64"])  # None: the client's default (base64)
+def test_openai_client_gets_the_vectors_of_model_embed(client, local, encoding):
+    kw = {} if encoding is None else {"encoding_format": encoding}
+    r = client.embeddings.create(model="jv4-test", input=TEXTS, **kw)
+    if encoding == "base64":  # asked for explicitly, the client hands the strings back as they came
+        got = np.stack([np.frombuffer(base64.b64decode(d.embedding), "<f4") for d in r.data])
+    else:  # floats, or base64 the client asked for itself and decoded
+        got = np.array([d.embedding for d in r.data], np.float32)
+    want = local.embed(TEXTS, task="retrieval", role="query")
+    assert [d.index for d in r.data] == list(range(len(TEXTS)))
+    assert cosines(got, want).min() >= 0.99999
+    want_tokens = sum(len(local.tokenize(t, task="retrieval", role="query")) for t in TEXTS)
+    assert r.usage.prompt_tokens == r.usage.total_tokens == want_tokens
+
+
+@pytest.mark.parametrize("task", jv4.TASKS)
+@pytest.mark.parametrize("role", jv4.ROLES)
+def test_each_task_role_and_dimension(client, local, task, role):
+    dim = 128
+    r = client.embeddings.create(model="jv4-test", input=TEXTS[:3], dimensions=dim,
+                                 extra_body={"task": task, "role": role})
+    got = np.array([d.embedding for d in r.data], np.float32)
+    assert got.shape == (3, dim)
+    assert cosines(got, local.embed(TEXTS[:3], task=task, role=role, dim=dim)).min() >= 0.99999
+
+
+def test_a_plain_requests_client_single_string_and_precision(server, local):
+    r = server.post({"model": "jv4-test", "input": "one text", "task": "code", "role": "passage"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "list" and body["model"] == "jv4-test" and len(body["data"]) == 1
+    got = np.array(body["data"][0]["embedding"], np.float32)
+    assert cosines(got[None], local.embed(["one text"], task="code", role="passage")).min() >= 0.99999
+    r = server.post({"model": "jv4-test", "input": TEXTS, "precision": "binary", "encoding_format": "base64"})
+    assert r.status_code == 200, r.text
+    got = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), np.int8) for d in r.json()["data"]])
+    np.testing.assert_array_equal(got, local.embed(TEXTS, task="retrieval", precision="binary"))
+
+
+def test_multivector_output(server, local):
+    for encoding in ("float", "base64"):
+        r = server.post({"model": "jv4-test", "input": TEXTS[:3], "multivector": True, "task": "code",
+                         "encoding_format": encoding})
+        assert r.status_code == 200, r.text
+        want = local.embed_multivector(TEXTS[:3], task="code")
+        for d, w in zip(r.json()["data"], want):
+            if encoding == "base64":
+                got = np.frombuffer(base64.b64decode(d["embedding"]), np.float32).reshape(d["shape"])
+            else:
+                got = np.array(d["embedding"], np.float32)
+            assert got.shape == w.shape
+            assert cosines(got, w).min() >= 0.99999
+
+
+def _error(r, status):
+    assert r.status_code == status, (r.status_code, r.text)
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    return err
+
+
+@pytest.mark.parametrize("body, status, needle", [
+    (b"{not json", 400, "not valid JSON"),
+    (b"\xff\xfe", 400, "not valid JSON"),
+    ([1, 2], 400, "JSON object"),
+    ({"model": "jv4-test"}, 400, "'input' is required"),
+    ({"model": "jv4-test", "input": 5}, 400, "string or a list of strings"),
+    ({"model": "jv4-test", "input": ["a", 5]}, 400, "item 1 is a int"),
+    ({"model": "jv4-test", "input": []}, 400, "empty list"),
+    ({"model": "jv4-test", "input": ""}, 400, "empty string"),
+    ({"model": "jv4-test", "input": [[1, 2, 3]]}, 400, "token ids"),
+    ({"model": "jv4-test", "input": [1, 2, 3]}, 400, "token ids"),
+    ({"input": "x"}, 400, "'model' is required"),
+    ({"model": "text-embedding-3-small", "input": "x"}, 404, "not served here"),
+    ({"model": "jv4-test", "input": "x", "task": "summarize"}, 400, "'task' must be one of"),
+    ({"model": "jv4-test", "input": "x", "role": "document"}, 400, "'role' must be one of"),
+    ({"model": "jv4-test", "input": "x", "dimensions": 7}, 400, "dim"),
+    ({"model": "jv4-test", "input": "x", "dimensions": "128"}, 400, "'dimensions' must be an integer"),
+    ({"model": "jv4-test", "input": "x", "encoding_format": "hex"}, 400, "'encoding_format' must be one of"),
+    ({"model": "jv4-test", "input": "x", "precision": "int4"}, 400, "'precision' must be one of"),
+    ({"model": "jv4-test", "input": "x", "multivector": "yes"}, 400, "'multivector' must be true or false"),
+    ({"model": "jv4-test", "input": ["x"] * 10_000}, 400, "more than this server's limit of 64"),
+    (b"x" * (10 * 2**20), 413, "over this server's limit"),
+])
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, body, status, needle):
+    err = _error(server.post(body), status)
+    assert needle in err["message"], err
+    assert server.post({"model": "jv4-test", "input": "still here"}).status_code == 200
+
+
+@pytest.mark.parametrize("key", [None, "sk-wrong"])
+def test_a_missing_or_wrong_key_is_401(server, key):
+    err = _error(server.post({"model": "jv4-test", "input": "x"}, key=key), 401)
+    assert err["code"] == "invalid_api_key"
+    assert requests.get(server.url + "/v1/models", timeout=10).status_code == 401
+
+
+def test_clients_that_disconnect_mid_request(server):
+    # a body cut short, then a client that gives up while its texts are embedded
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: 5000\r\n\r\n{\"input\": [")
+    with pytest.raises(requests.exceptions.Timeout):
+        server.post({"model": "jv4-test", "input": ["word " * 200 + str(i) for i in range(64)]}, timeout=0.05)
+    assert server.post({"model": "jv4-test", "input": "still here"}).status_code == 200
+
+
+def test_models_health_and_metrics(server):
+    models = requests.get(server.url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=10).json()
+    assert [m["id"] for m in models["data"]] == ["jv4-test"] and models["object"] == "list"
+    assert requests.get(server.url + "/health", timeout=10).json()["status"] == "ok"
+
+    def value(text, name):
+        for line in text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        raise AssertionError(f"{name} not in /metrics")
+
+    before = requests.get(server.url + "/metrics", timeout=10).text
+    assert server.post({"model": "jv4-test", "input": TEXTS}).status_code == 200
+    after = requests.get(server.url + "/metrics", timeout=10).text
+    assert value(after, "jv4_texts_total") - value(before, "jv4_texts_total") == len(TEXTS)
+    assert value(after, "jv4_engine_calls_total") - value(before, "jv4_engine_calls_total") == 1
+    assert value(after, 'jv4_requests_total{endpoint="embeddings",status="200"}') - \
+        value(before, 'jv4_requests_total{endpoint="embeddings",status="200"}') == 1
+    for name in ("jv4_tokens_total", "jv4_engine_queue_seconds_total", "jv4_engine_compute_seconds_total",
+                 "jv4_request_seconds_count", 'jv4_engine_group_calls_bucket{le="+Inf"}'):
+        value(after, name)
+
+
+def test_concurrent_clients_share_decodes_and_each_gets_its_own_vector(server, local):
+    texts = [t for t in CORPUS if t][:48]
+    want = local.embed(texts, task="retrieval")
+    got: dict = {}
+    start = threading.Barrier(16)
+
+    def work(k):
+        start.wait()
+        for i in range(k, len(texts), 16):
+            r = server.post({"model": "jv4-test", "input": texts[i]})
+            got[i] = np.array(r.json()["data"][0]["embedding"], np.float32)
+
+    metrics = lambda: requests.get(server.url + "/metrics", timeout=10).text  # noqa: E731
+    calls0, groups0 = _engine_counts(metrics())
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    calls1, groups1 = _engine_counts(metrics())
+    assert sorted(got) == list(range(len(texts)))
+    assert cosines(np.stack([got[i] for i in range(len(texts))]), want).min() >= 0.99999
+    assert calls1 - calls0 == len(texts)
+    assert groups1 - groups0 < calls1 - calls0  # requests shared decodes
+
+
+def _engine_counts(text):
+    vals = {}
+    for line in text.splitlines():
+        if line.startswith(("jv4_engine_calls_total ", "jv4_engine_groups_total ")):
+            name, v = line.split()
+            vals[name] = float(v)
+    return vals["jv4_engine_calls_total"], vals["jv4_engine_groups_total"]
+
+
+def test_sigterm_lets_requests_in_flight_finish(folder):
+    s = Server(str(folder))
+    texts = ["word " * 100 + str(i) for i in range(300)]
+    out = {}
+
+    def long_request():
+        out["r"] = s.post({"model": "jv4-test", "input": texts}, key=None)
+
+    t = threading.Thread(target=long_request)
+    t.start()
+    time.sleep(0.5)
+    s.proc.send_signal(signal.SIGTERM)
+    t.join(120)
+    assert out["r"].status_code == 200 and len(out["r"].json()["data"]) == len(texts)
+    # uvicorn shuts down gracefully, then ends the process by the signal it got
+    assert s.proc.wait(60) in (0, -signal.SIGTERM)
+    assert "Traceback" not in s.proc.stderr.read()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(s.url + "/health", timeout=5)
+
+
+def test_a_model_that_cannot_load_ends_the_server_with_its_error(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    proc = subprocess.run([sys.executable, "-m", "jv4", "serve", str(bad), "--port", str(_free_port())],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "jv4: error:" in proc.stderr and "bad.gguf" in proc.stderr
+
+
+def test_503_while_loading(folder):
+    """In process, with a load held back: /health and /v1/embeddings say 503."""
+    from starlette.testclient import TestClient
+
+    from jv4 import server as srv
+
+    gate = threading.Event()
+
+    class Slow(srv.Served):
+        def load(self):
+            gate.wait(60)
+            super().load()
+
+    served = Slow(str(folder), "Q4_K_M", None, {})
+    with TestClient(srv.build_app(served, srv.ServerOptions())) as c:
+        assert c.get("/health").status_code == 503
+        r = c.post("/v1/embeddings", json={"model": "jv4-test", "input": "x"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_loading"
+        gate.set()
+        served.loaded.wait(60)
+        assert c.get("/health").status_code == 200
+        assert c.post("/v1/embeddings", json={"model": "jv4-test", "input": "x"}).status_code == 200
+
+
+def test_serve_without_the_extra_names_it(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_uvicorn(name, *a, **kw):
+        if name == "uvicorn":
+            raise ImportError("no uvicorn")
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_uvicorn)
+    from jv4.cli import main
+
+    assert main(["serve", "x.gguf"]) == 2
