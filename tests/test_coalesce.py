@@ -165,6 +165,40 @@ def test_ctrl_c_withdraws_a_queued_call_and_leaves_the_running_one_alone(make_gg
     assert int(proc.stdout.split("CALLS")[1]) == 2  # the withdrawn call never ran
 
 
+def _texts():
+    # short ones, and ones over 64 tokens (where flash attention would tile)
+    return [t for t in CORPUS if t] + [("word " * 70 + str(i)) for i in range(4)] + ["passage " * 150]
+
+
+@pytest.mark.parametrize("dtype, batches", [("F32", 1000), ("F16", 150), ("Q8_0", 150), ("Q4_K_M", 300)])
+def test_batch_invariant_vectors_are_the_same_bytes_in_any_batch(make_gguf, dtype, batches):
+    texts = _texts()
+    rng = np.random.default_rng(7)
+    draws = [rng.choice(len(texts), size=int(rng.integers(2, 48)), replace=False) for _ in range(batches)]
+
+    def worst(m):
+        alone = np.stack([m.embed(t) for t in texts])
+        diffs = [np.abs(m.embed([texts[i] for i in idx]) - alone[idx]).max() for idx in draws]
+        return alone, max(diffs)
+
+    # the default kernels do depend on the batch (so this test can fail) ...
+    _, default = worst(jv4.Model(str(make_gguf(dtype=dtype))))
+    assert default > 0
+    # ... the batch-invariant ones do not, to the byte
+    m = jv4.Model(str(make_gguf(dtype=dtype)), batch_invariant=True, coalesce=True)
+    assert m.info["batch_invariant"] is True and m.info["repack"] is False
+    alone, diff = worst(m)
+    assert diff == 0, f"{dtype}: differs by {diff} in some batch"
+    # and through shared decodes from threads
+    calls = [lambda t=t: m.embed(t) for t in texts]
+    results, _ = _hammer(calls, n_threads=12, rounds=2)
+    for i, got in results.items():
+        for g in got:
+            assert g.tobytes() == alone[i].tobytes(), i
+    st = m.stats()
+    assert st["groups"] < st["calls"]
+
+
 @pytest.mark.parametrize("options, message", [
     ({"coalesce": 1}, "coalesce must be True, False or None, got int"),
     ({"batch_wait_ms": "5"}, "batch_wait_ms must be a number of milliseconds or None, got str"),

@@ -48,6 +48,11 @@ TABLE = [
     (F16, AVX2, {}, (True, False, "mmap", "f16")),
     (F16, AVX2, {"f16_as_bf16": True}, (True, True, "read", "f16")),
     (F16, GPU, {}, (True, False, "mmap", "f16")),
+    # batch_invariant: no repacked layouts (their GEMM and GEMV round differently)
+    (Q8_0, AVX512, {"batch_invariant": True}, (False, False, "mmap", "bf16")),
+    (Q4_0, AVX2, {"batch_invariant": True}, (False, False, "mmap", "f16")),
+    (F16, AVX512, {"batch_invariant": True}, (False, True, "read", "bf16")),
+    (Q8_0, AVX512, {"batch_invariant": True, "repack": False}, (False, False, "mmap", "bf16")),
     (F16, GPU, {"n_gpu_layers": 0}, (True, True, "read", "bf16")),
     # F32 weights: full precision, so the cache stays f16
     (F32, AVX512, {}, (True, False, "mmap", "f16")),
@@ -87,6 +92,7 @@ def test_gpu_layers_and_the_main_gpu():
     (AVX512, {"batch_tokens": 0}, r"batch_tokens must be >= 1"),
     (AVX512, {"kv_cache_type": "q9"}, r"kv_cache_type must be one of f32, f16, bf16, q8_0, .* got 'q9'"),
     (AVX512, {"kv_cache_type": "q4_0", "flash_attn": False}, r"quantized, which llama.cpp supports only with flash"),
+    (AVX512, {"batch_invariant": True, "repack": True}, r"batch_invariant=True needs repack off"),
     (AVX512, {"batch_wait_ms": -1.0}, r"batch_wait_ms must be 0\.\.1000 \(or None\), got -1"),
     (AVX512, {"batch_wait_ms": 1000.5}, r"batch_wait_ms must be 0\.\.1000 \(or None\), got 1000\.5"),
     (AVX512, {"batch_wait_ms": float("nan")}, r"batch_wait_ms must be 0\.\.1000 \(or None\), got nan"),

@@ -24,6 +24,7 @@ SET = {
     "kv_cache_type": ("f32", "f32"),
     "coalesce": (True, True),
     "batch_wait_ms": (5.0, 5.0),
+    "batch_invariant": (True, True),
 }
 # options that need other files, or a GPU, checked below (the image options: tests/test_images.py)
 ELSEWHERE = {"adapters", "projector", "main_gpu", "mmproj", "image_min_tokens", "image_max_tokens"}
@@ -59,7 +60,7 @@ def test_each_option_alone_is_read_back_through_info(make_gguf, option):
         assert default[option] != reported, f"pick a value for {option} that is not its default"
     # nothing else moved, but what the option itself decides
     follows = {"f16_as_bf16": {"load_mode", "kv_cache_type"}, "repack": {"load_mode"},
-               "flash_attn": {"kv_cache_type"},
+               "flash_attn": {"kv_cache_type"}, "batch_invariant": {"repack", "load_mode"},
                "n_gpu_layers": {"f16_as_bf16", "load_mode", "kv_cache_type"}}.get(option, set())
     moved = {k for k in default if default[k] != got[k]} - {option} - follows
     assert moved == set()

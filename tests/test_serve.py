@@ -268,6 +268,35 @@ def _engine_counts(text):
     return vals["jv4_engine_calls_total"], vals["jv4_engine_groups_total"]
 
 
+def test_batch_invariant_server_under_load_gives_the_bytes_of_a_text_alone(folder):
+    s = Server(str(folder), "--batch-invariant")
+    try:
+        local = jv4.Model(folder, batch_invariant=True)
+        texts = [t for t in CORPUS if t][:40] + ["word " * 80 + str(i) for i in range(8)]
+        want = [local.embed(t, task="code").astype("<f4").tobytes() for t in texts]
+        got: dict = {}
+
+        def work(k):
+            for i in range(k, len(texts), 12):
+                for _ in range(2):
+                    r = s.post({"model": "jv4-test", "input": texts[i], "task": "code",
+                                "encoding_format": "base64"}, key=None)
+                    got.setdefault(i, []).append(base64.b64decode(r.json()["data"][0]["embedding"]))
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(got) == list(range(len(texts)))
+        for i, blobs in got.items():
+            assert all(b == want[i] for b in blobs), i
+        calls, groups = _engine_counts(requests.get(s.url + "/metrics", timeout=10).text)
+        assert groups < calls  # they did share decodes
+    finally:
+        s.stop()
+
+
 def test_sigterm_lets_requests_in_flight_finish(folder):
     s = Server(str(folder))
     texts = ["word " * 100 + str(i) for i in range(300)]

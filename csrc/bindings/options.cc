@@ -44,7 +44,8 @@ void register_options(py::module_& m) {
       .def_readwrite("image_min_tokens", &O::image_min_tokens)
       .def_readwrite("image_max_tokens", &O::image_max_tokens)
       .def_readwrite("coalesce", &O::coalesce)
-      .def_readwrite("batch_wait_ms", &O::batch_wait_ms);
+      .def_readwrite("batch_wait_ms", &O::batch_wait_ms)
+      .def_readwrite("batch_invariant", &O::batch_invariant);
 
   using I = jv4::ModelInfo;
   py::class_<I>(m, "ModelInfo", "What a loaded model is and how it was loaded (Model.info).")
@@ -85,7 +86,8 @@ void register_options(py::module_& m) {
       .def_readonly("image_min_tokens", &I::image_min_tokens)
       .def_readonly("image_max_tokens", &I::image_max_tokens)
       .def_readonly("coalesce", &I::coalesce)
-      .def_readonly("batch_wait_ms", &I::batch_wait_ms);
+      .def_readonly("batch_wait_ms", &I::batch_wait_ms)
+      .def_readonly("batch_invariant", &I::batch_invariant);
 }
 
 }  // namespace jv4py

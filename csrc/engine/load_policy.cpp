@@ -143,7 +143,13 @@ LoadPolicy decide_load(const FileFacts& file, const BuildFacts& build, const Mod
     p.mmap = false;
     if (build.avx512_bf16) repackable = true;
   }
-  p.repack = opts.repack.value_or(!repack_is_slower);
+  // batch_invariant: repacked GEMM (several rows) and GEMV (one) round
+  // differently, so the repacked layouts stay off
+  if (opts.batch_invariant.value_or(false) && opts.repack.value_or(false)) {
+    throw std::invalid_argument("batch_invariant=True needs repack off (repacked kernels round differently for "
+                                "one row and for several); leave repack unset or pass repack=False");
+  }
+  p.repack = opts.batch_invariant.value_or(false) ? false : opts.repack.value_or(!repack_is_slower);
   // Repacked weights are copies: under mmap the file's pages of the same
   // tensors (read once to repack them) stay in the process too, e.g. v4
   // Q4_K_M peaked at file + 1.4 GiB instead of file + 0.2. Read instead.

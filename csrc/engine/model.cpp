@@ -163,6 +163,7 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path), f
   try {
     read_model_facts();
     kv_cache_type_ = decide_kv_cache_type(policy_, build, opts, llama_model_ftype(model_));
+    batch_invariant_ = opts.batch_invariant.value_or(false);
     const ContextPolicy ctx = decide_context(opts, n_ctx_train_, static_cast<int>(std::thread::hardware_concurrency()));
     max_length_ = ctx.max_length;
     batch_tokens_ = ctx.batch_tokens;
@@ -272,6 +273,7 @@ void Model::gather_info(const ModelOptions& opts) {
   i.kv_cache_type = kv_cache_type_;
   i.coalesce = coalesce_;
   i.batch_wait_ms = batch_wait_ms_;
+  i.batch_invariant = batch_invariant_;
   if (vision_) {
     i.mmproj = opts.mmproj;
     i.image_min_tokens = vision_->min_tokens();
@@ -322,6 +324,7 @@ void Model::ensure_context(int n_ctx_needed) {
   }
   take_thread_errors();
   ctx_ = llama_init_from_model(model_, cp);
+  if (ctx_ != nullptr && batch_invariant_) llama_set_cpu_use_ref(ctx_, true);  // patch 0011
   if (ctx_ == nullptr) {
     std::string why = take_thread_errors();
     throw ModelLoadError(path_ + ": cannot create a context of " + std::to_string(size) +

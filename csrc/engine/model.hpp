@@ -61,6 +61,7 @@ struct ModelInfo {
   // cross-call batching (coalesce.hpp): on/off and the oldest call's wait
   bool coalesce = false;
   double batch_wait_ms = 0.0;
+  bool batch_invariant = false;
   // image input: the vision tower loaded and its image budget (merged tokens)
   std::optional<std::string> mmproj;
   std::optional<int> image_min_tokens, image_max_tokens;
@@ -217,6 +218,7 @@ class Model {
   bool stop_ = false;
   std::thread compute_;
   bool coalesce_ = false;
+  bool batch_invariant_ = false;  // patch 0011's reference kernels on every context
   double batch_wait_ms_ = 0.0;
   void stop_compute();
 

@@ -49,6 +49,10 @@ struct ModelOptions {
   // batch_wait_ms for company (none: kDefaultBatchWaitMs)
   std::optional<bool> coalesce;
   std::optional<double> batch_wait_ms;
+  // one kernel path for every batch size (patch 0011's reference kernels,
+  // repack off): a text's vector is the same bytes whatever shares its
+  // decode (none: off)
+  std::optional<bool> batch_invariant;
 };
 
 // the KV cache types a context accepts, by name ("f16", "bf16", "q8_0", ...)

@@ -15,6 +15,7 @@ class ModelOptions:
     """
     A Model's options by name; None everywhere means the documented default.
     """
+    batch_invariant: bool | None
     coalesce: bool | None
     f16_as_bf16: bool | None
     flash_attn: bool | None
@@ -95,6 +96,9 @@ class ModelInfo:
         ...
     @property
     def basename(self) -> str:
+        ...
+    @property
+    def batch_invariant(self) -> bool:
         ...
     @property
     def batch_tokens(self) -> int:

@@ -166,6 +166,13 @@ class Model(EncodeQueryDocument):
         for others to share its decode (0..1000 ms). Default 0: no wait;
         calls that queued while the previous decode ran still share.
 
+    batch_invariant: one kernel path for every batch size (llama.cpp's CPU
+        reference kernels through jv4 patch 0011, repacked layouts off), so a
+        text's vector is the same bytes alone, in any batch and through
+        ``coalesce``. Default False; its cost is measured in
+        docs/benchmarks.md, "Batch-invariant vectors". CPU only: a GPU
+        backend keeps its own kernels.
+
     Calls are thread-safe and run without the GIL, one forward pass at a time
     per Model (shared by concurrent calls with ``coalesce``). A bad file
     raises FileNotFoundError or ModelLoadError;
@@ -182,9 +189,9 @@ class Model(EncodeQueryDocument):
                  flash_attn: Optional[bool] = None, kv_cache_type: Optional[str] = None,
                  mmproj: Optional[ModelSpec] = None, image_min_tokens: Optional[int] = None,
                  image_max_tokens: Optional[int] = None, coalesce: Optional[bool] = None,
-                 batch_wait_ms: Optional[float] = None) -> None:
+                 batch_wait_ms: Optional[float] = None, batch_invariant: Optional[bool] = None) -> None:
         for name, flag in (("repack", repack), ("f16_as_bf16", f16_as_bf16), ("flash_attn", flash_attn),
-                           ("coalesce", coalesce)):
+                           ("coalesce", coalesce), ("batch_invariant", batch_invariant)):
             if flag is not None and not isinstance(flag, (bool, np.bool_)):
                 raise TypeError(f"{name} must be True, False or None, got {type(flag).__name__}")
         if kv_cache_type is not None and not isinstance(kv_cache_type, str):
@@ -234,7 +241,8 @@ class Model(EncodeQueryDocument):
             adapters=pairs, projector=projector, f16_as_bf16=None if f16_as_bf16 is None else bool(f16_as_bf16),
             flash_attn=None if flash_attn is None else bool(flash_attn), kv_cache_type=kv_cache_type,
             mmproj=mmproj, image_min_tokens=image_min_tokens, image_max_tokens=image_max_tokens,
-            coalesce=None if coalesce is None else bool(coalesce), batch_wait_ms=batch_wait_ms)
+            coalesce=None if coalesce is None else bool(coalesce), batch_wait_ms=batch_wait_ms,
+            batch_invariant=None if batch_invariant is None else bool(batch_invariant))
         self._core: Optional[_core.Model] = _core.Model(path, options)
         # the Unicode normal form the model's reference tokenizer applies first
         # ("NFC" for the Qwen2 vocabulary; None: text goes in as it is)

@@ -433,6 +433,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
     if a.batch_wait_ms is not None:
         kwargs["batch_wait_ms"] = a.batch_wait_ms
     kwargs["coalesce"] = not a.no_coalesce  # on: concurrent requests share decodes
+    if a.batch_invariant:
+        kwargs["batch_invariant"] = True
     server.serve(a.model, host=a.host, port=a.port, quant=a.quant, task=a.task, options=opts,
                  model_kwargs=kwargs, log_level=a.log_level)
     return 0
@@ -535,6 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--batch-wait-ms", type=float, metavar="MS",
                     help="how long a request waits for others to share its decode (default 0)")
     sv.add_argument("--no-coalesce", action="store_true", help="run requests one by one, no shared decodes")
+    sv.add_argument("--batch-invariant", action="store_true",
+                    help="a text's vector is the same bytes whatever shares its decode (CPU reference "
+                         "kernels, no repacking; its cost: docs/benchmarks.md)")
     sv.add_argument("--flash-attn", action=argparse.BooleanOptionalAction, default=None,
                     help="llama.cpp's flash attention on or off (default: llama.cpp decides)")
     sv.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
