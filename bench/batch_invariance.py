@@ -1,6 +1,8 @@
-"""How much a text's vector depends on what shares its decode.
+"""How much a text's vector depends on what shares its decode, and what
+batch_invariant=True (one kernel path for every batch size) costs.
 
-    python bench/batch_invariance.py
+    python bench/batch_invariance.py                         # the tiny model: differences
+    python bench/batch_invariance.py --cost --shape mini     # + throughput default vs invariant
 
 The tiny test model (random weights) in F32, F16, Q8_0 and Q4_K_M: 60 corpus
 texts embedded in one call, each alone, and in reverse order, and with 1 and
@@ -24,8 +26,71 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cost", action="store_true", help="also time default vs batch_invariant on --shape")
+    ap.add_argument("--shape", default="mini", choices=["tiny", "mini", "v4"])
+    ap.add_argument("--dtypes", default="F16,Q8_0,Q4_K_M")
+    ap.add_argument("--texts", type=int, default=64, help="corpus passages a timed call (--cost)")
+    ap.add_argument("--rounds", type=int, default=3)
+    a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="jv4-bench-") as d:
         run(Path(d))
+    if a.cost:
+        cost(a)
+
+
+def cost(a) -> None:
+    """Corpus throughput and one short query's latency, default kernels vs
+    batch_invariant=True, alternating round by round; and the invariant
+    mode's largest difference alone vs in 50 random batches (must be 0)."""
+    import statistics
+    import time
+
+    import jv4
+
+    sys.path.insert(0, str(HERE))
+    from corpus import docstring_passages
+    from run import make_model
+
+    texts = docstring_passages(a.texts)
+    queries = [p.split(". ")[0][:120] for p in docstring_passages(200)[100:140]]
+    print(f"\n{a.shape} shape, {a.texts} corpus passages a call, {len(queries)} queries alone; median of "
+          f"{a.rounds} rounds, alternating")
+    print("| weights | mode | repack | tok/s | vs default | query alone p50 ms | alone vs batches |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    rng = np.random.default_rng(3)
+    for dtype in a.dtypes.split(","):
+        path, _ = make_model(a.shape, dtype)
+        models = {"default": jv4.Model(path), "batch_invariant": jv4.Model(path, batch_invariant=True)}
+        n_tok = sum(len(models["default"].tokenize(t, role="passage")) for t in texts)
+        rates = {k: [] for k in models}
+        lat = {k: [] for k in models}
+        for k, m in models.items():
+            m.embed(texts[:8], role="passage")  # warm
+        for _ in range(a.rounds):
+            for k, m in models.items():
+                t = time.perf_counter()
+                m.embed(texts, role="passage")
+                rates[k].append(n_tok / (time.perf_counter() - t))
+                for q in queries[:10]:
+                    t = time.perf_counter()
+                    m.embed(q)
+                    lat[k].append(time.perf_counter() - t)
+        base = statistics.median(rates["default"])
+        for k, m in models.items():
+            sub = queries[:24]
+            alone = np.stack([m.embed(q) for q in sub])
+            worst = 0.0
+            for _ in range(50):
+                idx = rng.choice(len(sub), size=int(rng.integers(2, len(sub))), replace=False)
+                worst = max(worst, float(np.abs(m.embed([sub[i] for i in idx]) - alone[idx]).max()))
+            r = statistics.median(rates[k])
+            print(f"| {dtype} | {k} | {m.info['repack']} | {r:.0f} | {r / base:.2f} | "
+                  f"{1000 * statistics.median(lat[k]):.0f} | {worst:.1e} |", flush=True)
+        for m in models.values():
+            m.close()
 
 
 def run(d: Path) -> None:

@@ -365,3 +365,17 @@ def test_serve_without_the_extra_names_it(monkeypatch):
     from jv4.cli import main
 
     assert main(["serve", "x.gguf"]) == 2
+
+
+def test_short_soak_loses_nothing_and_holds_memory():
+    """tools/soak_serve.py, shortened (the long run, 10^5 requests, is in
+    docs/benchmarks.md): every request answered, every vector the bytes of
+    the text alone, bad requests their 400, server memory flat."""
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, str(root / "tools" / "soak_serve.py"), "--requests", "1500",
+                           "--clients", "16", "--max-growth", "0.05"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert out["done"] == 1500 and out["lost"] == out["wrong_status"] == out["mismatches"] == 0, out
+    assert out["engine"]["jv4_engine_groups_total"] < out["engine"]["jv4_engine_calls_total"], out
