@@ -51,6 +51,7 @@ def cost(a) -> None:
     import jv4
 
     sys.path.insert(0, str(HERE))
+    sys.modules.pop("corpus", None)  # tests/corpus.py, imported by run(): bench/corpus.py here
     from corpus import docstring_passages
     from run import make_model
 

@@ -94,7 +94,7 @@ def _wait_up(url: str, proc, what: str) -> None:
 
     for _ in range(1200):
         if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
+            raise RuntimeError(f"{what} exited with {proc.returncode} (its log: bench/results/)")
         try:
             if requests.get(url + "/health", timeout=1).status_code == 200:
                 return
@@ -107,7 +107,9 @@ def _wait_up(url: str, proc, what: str) -> None:
 def http_rows(name: str, cmd: list, port: int, body, workloads: dict, clients: list) -> list:
     import requests
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # the server's log to a file: an unread pipe fills and stalls the server
+    log = open(HERE / "results" / f"concurrency-{name.replace(' ', '-')}.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     local = threading.local()
     rows = []
@@ -138,6 +140,7 @@ def http_rows(name: str, cmd: list, port: int, body, workloads: dict, clients: l
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
     return rows
 
 
