@@ -26,7 +26,7 @@ requests = pytest.importorskip("requests")
 
 import ckptgen as cg  # noqa: E402
 import jv4  # noqa: E402
-from conftest import cosines  # noqa: E402
+from conftest import cosines, hub_env, repo_of  # noqa: E402
 from corpus import CORPUS  # noqa: E402
 
 KEY = "sk-test-jv4"
@@ -39,12 +39,12 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, model: str, *args: str):
+    def __init__(self, model: str | None, *args: str, env: dict | None = None):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "jv4", "serve", model, "--port", str(self.port),
-                                      "--log-level", "warning", *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen([sys.executable, "-m", "jv4", "serve", *([model] if model else []),
+                                      "--port", str(self.port), "--log-level", "warning", *args],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         deadline = time.monotonic() + 120
         while True:
             if self.proc.poll() is not None:
@@ -379,3 +379,24 @@ def test_short_soak_loses_nothing_and_holds_memory():
     out = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert out["done"] == 1500 and out["lost"] == out["wrong_status"] == out["mismatches"] == 0, out
     assert out["engine"]["jv4_engine_groups_total"] < out["engine"]["jv4_engine_calls_total"], out
+
+
+def test_the_three_official_models_by_name(hf_cache, make_gguf):
+    """No MODEL: the official repositories from the Hugging Face cache, each
+    loaded on its first request; a repository's name serves its own task."""
+    env = hub_env({"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hf_cache)})
+    s = Server(None, "--quant", "F32", env=env)
+    try:
+        ids = [m["id"] for m in requests.get(s.url + "/v1/models", timeout=10).json()["data"]]
+        assert ids == ["jina-embeddings-v4", *[repo_of(t) for t in jv4.TASKS]]
+        for task in jv4.TASKS:
+            want = jv4.Model(make_gguf(task=task, dtype="F32")).embed(TEXTS[:2], role="passage")
+            for body in ({"model": "jina-embeddings-v4", "task": task}, {"model": repo_of(task)}):
+                r = s.post({**body, "input": TEXTS[:2], "role": "passage"}, key=None)
+                assert r.status_code == 200, r.text
+                got = np.array([d["embedding"] for d in r.json()["data"]], np.float32)
+                assert cosines(got, want).min() >= 0.99999, (task, body)
+        err = _error(s.post({"model": repo_of("code"), "input": "x", "task": "retrieval"}, key=None), 400)
+        assert "serves the task 'code'" in err["message"]
+    finally:
+        s.stop()

@@ -75,8 +75,10 @@ class Served:
         self.error: Optional[BaseException] = None
         self.loaded = threading.Event()
         self.on_fail = lambda: None  # serve() stops the server when loading fails
+        self.task_of_id: dict = {}  # an official repository's name serves its own task
         if spec is None:
-            self.ids = ["jina-embeddings-v4", *[jv4._core.jina_official_repo(t) for t in jv4.TASKS]]
+            self.task_of_id = {jv4._core.jina_official_repo(t): t for t in jv4.TASKS}
+            self.ids = ["jina-embeddings-v4", *self.task_of_id]
         else:
             name = spec.rstrip("/\\")
             self.ids = [Path(name).name if os.path.exists(name) else name]
@@ -149,7 +151,7 @@ class EmbeddingRequest:
 
 
 def parse_request(body: Any, served_ids: list, max_texts: int, default_task: Optional[str],
-                  default_role: str) -> EmbeddingRequest:
+                  default_role: str, task_of_id: Optional[dict] = None) -> EmbeddingRequest:
     """Checks an /v1/embeddings JSON body; ApiError(400/404) naming the field."""
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
@@ -196,7 +198,12 @@ def parse_request(body: Any, served_ids: list, max_texts: int, default_task: Opt
                            param=name, code=f"invalid_{name}")
         return v
 
-    task = opt_str("task", tuple(jv4.TASKS), default_task)
+    task = opt_str("task", tuple(jv4.TASKS), None)
+    own = (task_of_id or {}).get(model)
+    if own is not None and task not in (None, own):
+        raise ApiError(400, f"the model '{model}' serves the task '{own}'; drop 'task' or ask for "
+                            f"'jina-embeddings-v4' with task '{task}'", param="task", code="invalid_task")
+    task = task or own or default_task
     role = opt_str("role", tuple(jv4.ROLES), default_role)
     encoding = opt_str("encoding_format", ENCODINGS, "float")
     precision = opt_str("precision", PRECISIONS, "float32")
@@ -385,7 +392,8 @@ def build_app(served: Served, options: ServerOptions):
                 body = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise ApiError(400, f"the request body is not valid JSON: {e}") from None
-            req = parse_request(body, served.ids, options.max_batch_texts, served.default_task, options.role)
+            req = parse_request(body, served.ids, options.max_batch_texts, served.default_task, options.role,
+                                served.task_of_id)
             result = await anyio.to_thread.run_sync(run_request, served, req, limiter=limiter)
             metrics.texts.inc(len(req.texts))
             metrics.tokens.inc(result["usage"]["prompt_tokens"])
