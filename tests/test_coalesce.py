@@ -135,19 +135,19 @@ def test_ctrl_c_withdraws_a_queued_call_and_leaves_the_running_one_alone(make_gg
     proc = _script(make_gguf(), """
         import os, signal, sys, threading, time, numpy as np, jv4
         m = jv4.Model(sys.argv[1], batch_tokens=128, coalesce=True)
-        texts = ["word " * 100 + str(i) for i in range(400)]
+        texts = ["word " * 100 + str(i) for i in range(4000)]  # ~9 s on the tiny model, 2 cores
         want = m.embed(texts[:3])
         out = {}
         def long_call():
             out["v"] = m.embed(texts)
         t = threading.Thread(target=long_call)
         t.start()
-        time.sleep(0.5)
+        time.sleep(0.3)
         sent = {}
         def interrupt():
             sent["t"] = time.monotonic()
             os.kill(os.getpid(), signal.SIGINT)
-        threading.Timer(0.5, interrupt).start()
+        threading.Timer(0.3, interrupt).start()
         try:
             m.embed("a short query, queued behind the long call")
         except KeyboardInterrupt:
