@@ -5,6 +5,7 @@ the same call made alone, one thread, nothing else queued."""
 
 from __future__ import annotations
 
+import signal
 import threading
 
 import numpy as np
@@ -135,14 +136,18 @@ def test_ctrl_c_withdraws_a_queued_call_and_leaves_the_running_one_alone(make_gg
     proc = _script(make_gguf(), """
         import os, signal, sys, threading, time, numpy as np, jv4
         m = jv4.Model(sys.argv[1], batch_tokens=128, coalesce=True)
-        texts = ["word " * 100 + str(i) for i in range(4000)]  # ~9 s on the tiny model, 2 cores
+        texts = ["word " * 100 + str(i) for i in range(2000)]  # ~5 s on the tiny model, 2 cores
         want = m.embed(texts[:3])
         out = {}
+        decoding = threading.Event()  # tokenized, queued and decoding: what the short call waits behind
+        def hook(texts_done, tokens_done, tokens_total):
+            if tokens_done > 0:
+                decoding.set()
         def long_call():
-            out["v"] = m.embed(texts)
+            out["v"] = m.embed_float32(texts, progress=hook)
         t = threading.Thread(target=long_call)
         t.start()
-        time.sleep(0.3)
+        assert decoding.wait(120)
         sent = {}
         def interrupt():
             sent["t"] = time.monotonic()
@@ -209,3 +214,23 @@ def test_bad_batching_options_are_refused(make_gguf, options, message):
         jv4.Model(str(make_gguf()), **options)
     with pytest.raises(ValueError, match=r"batch_wait_ms must be 0\.\.1000"):
         jv4.Model(str(make_gguf()), batch_wait_ms=2000)
+
+
+def test_leaving_by_ctrl_c_while_another_thread_embeds_does_not_abort(make_gguf):
+    """The main thread ends by an uncaught KeyboardInterrupt while another
+    thread is inside embed (the model's worker pool holding several
+    threads): the interpreter finalizes around the waiting thread, and the
+    process ends by the signal, not by abort()."""
+    proc = _script(make_gguf(), """
+        import os, signal, sys, threading, jv4
+        m = jv4.Model(sys.argv[1], batch_tokens=128, coalesce=True)
+        m.embed("x")
+        threading.Thread(target=lambda: m.embed("y")).start()
+        texts = ["word " * 100 + str(i) for i in range(3000)]
+        t = threading.Thread(target=lambda: m.embed(texts))
+        t.start()
+        threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        t.join()
+    """)
+    assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, proc.stderr[-2000:])
+    assert "terminate called" not in proc.stderr

@@ -32,6 +32,14 @@ void flush_logs() {
   PyErr_Restore(type, value, tb);
 }
 
+static bool interpreter_finalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+  return Py_IsFinalizing() != 0;
+#else
+  return _Py_IsFinalizing() != 0;
+#endif
+}
+
 Worker::Worker() = default;
 
 Worker::~Worker() {
@@ -83,6 +91,15 @@ void run_blocking(const std::function<void()>& work, std::atomic<bool>& cancel, 
   std::unique_ptr<Worker> own;
   {
     py::gil_scoped_release release;
+    // The interpreter finalizing (the main thread left, e.g. by an uncaught
+    // KeyboardInterrupt, while this thread waits): taking the GIL now would
+    // end this thread by pthread_exit inside a destructor, which aborts the
+    // process. So never take it again: wait here until the process exits.
+    auto park_if_finalizing = [&release] {
+      if (!interpreter_finalizing()) return;
+      release.disarm();
+      for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+    };
     if (worker == nullptr) {
       own = std::make_unique<Worker>();
       worker = own.get();
@@ -93,6 +110,7 @@ void run_blocking(const std::function<void()>& work, std::atomic<bool>& cancel, 
       worker->cv.wait_for(lock, std::chrono::milliseconds(50));
       if (job->done || interrupt) continue;
       lock.unlock();
+      park_if_finalizing();
       {
         py::gil_scoped_acquire gil;
         if (PyErr_CheckSignals() != 0) {
@@ -112,6 +130,7 @@ void run_blocking(const std::function<void()>& work, std::atomic<bool>& cancel, 
     lock.unlock();
     error = job->error;
     own.reset();
+    park_if_finalizing();
   }
   flush_logs();
   if (interrupt) throw *interrupt;
