@@ -142,6 +142,24 @@ def test_a_plain_requests_client_single_string_and_precision(server, local):
     np.testing.assert_array_equal(got, local.embed(TEXTS, task="retrieval", precision="binary"))
 
 
+def test_langchain_openai_embeddings(server, local):
+    """LangChain's OpenAIEmbeddings as its docs tell users of other servers to set it up
+    (check_embedding_ctx_length=False: raw text, not OpenAI's token ids); jv4's task and
+    role through model_kwargs' extra_body."""
+    lco = pytest.importorskip("langchain_openai")
+    common = dict(model="jv4-test", base_url=server.url + "/v1", api_key=KEY, max_retries=0,
+                  check_embedding_ctx_length=False)
+    docs = lco.OpenAIEmbeddings(**common, model_kwargs={"extra_body": {"task": "code", "role": "passage"}})
+    got = np.array(docs.embed_documents(TEXTS), np.float32)
+    assert cosines(got, local.embed(TEXTS, task="code", role="passage")).min() >= 0.99999
+    queries = lco.OpenAIEmbeddings(**common, dimensions=256, chunk_size=2)  # 3 requests of <= 2 texts
+    got = np.array(queries.embed_documents(TEXTS[:5]), np.float32)
+    assert got.shape == (5, 256)
+    assert cosines(got, local.embed(TEXTS[:5], task="retrieval", role="query", dim=256)).min() >= 0.99999
+    one = np.array(queries.embed_query(TEXTS[0]), np.float32)
+    assert cosines(one[None], got[:1]).min() >= 0.99999
+
+
 def test_multivector_output(server, local):
     for encoding in ("float", "base64"):
         r = server.post({"model": "jv4-test", "input": TEXTS[:3], "multivector": True, "task": "code",

@@ -166,7 +166,9 @@ def parse_request(body: Any, served_ids: list, max_texts: int, default_task: Opt
         if all(isinstance(x, int) and not isinstance(x, bool) for x in raw) or \
                 all(isinstance(x, list) for x in raw):
             raise ApiError(400, "'input' as token ids is not supported by jv4 serve: send the text "
-                                "(the server adds the task/role prefix and tokenizes)", param="input")
+                                "(the server adds the task/role prefix and tokenizes; LangChain's "
+                                "OpenAIEmbeddings sends OpenAI's token ids unless "
+                                "check_embedding_ctx_length=False)", param="input")
         bad = next((i for i, x in enumerate(raw) if not isinstance(x, str)), None)
         if bad is not None:
             raise ApiError(400, f"'input' must be a string or a list of strings; item {bad} is a "
