@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -432,6 +433,7 @@ def build_app(served: Served, options: ServerOptions):
     async def prometheus(request: Request) -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    @contextlib.asynccontextmanager
     async def lifespan(app):
         loader = threading.Thread(target=served.load, name="jv4-serve-load", daemon=True)
         loader.start()
