@@ -2,7 +2,7 @@
 right, memory flat.
 
     python tools/soak_serve.py --requests 100000 --clients 32   # the long run
-    python tools/soak_serve.py --requests 2000 --clients 16     # what the suite runs
+    python tools/soak_serve.py --requests 1500 --clients 16     # what the suite runs
 
 Starts `jv4 serve --batch-invariant` on the tiny test model (or --model) and
 drives it from --clients threads, each with its own keep-alive session.
