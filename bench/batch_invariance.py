@@ -3,6 +3,7 @@ batch_invariant=True (one kernel path for every batch size) costs.
 
     python bench/batch_invariance.py                         # the tiny model: differences
     python bench/batch_invariance.py --cost --shape mini     # + throughput default vs invariant
+                                                             #   (short passages, then --long texts)
 
 The tiny test model (random weights) in F32, F16, Q8_0 and Q4_K_M: 60 corpus
 texts embedded in one call, each alone, and in reverse order, and with 1 and
@@ -34,6 +35,8 @@ def main() -> None:
     ap.add_argument("--dtypes", default="F16,Q8_0,Q4_K_M")
     ap.add_argument("--texts", type=int, default=64, help="corpus passages a timed call (--cost)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--long", default="512,2048",
+                    help="also time texts of exactly these token counts (--cost; '' for none)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="jv4-bench-") as d:
         run(Path(d))
@@ -90,6 +93,23 @@ def cost(a) -> None:
             r = statistics.median(rates[k])
             print(f"| {dtype} | {k} | {m.info['repack']} | {r:.0f} | {r / base:.2f} | "
                   f"{1000 * statistics.median(lat[k]):.0f} | {worst:.1e} |", flush=True)
+        # long texts: attention is where the invariant mode still pays (row by row)
+        from corpus import fixed_length
+
+        for length in [int(x) for x in a.long.split(",") if x]:
+            n = max(2, 4096 // length)
+            longs = fixed_length(lambda t: models["default"].tokenize(t, role="passage"), length, n)
+            lrates = {k: [] for k in models}
+            for _ in range(a.rounds):
+                for k, m in models.items():
+                    t = time.perf_counter()
+                    m.embed(longs, role="passage")
+                    lrates[k].append(length * n / (time.perf_counter() - t))
+            lbase = statistics.median(lrates["default"])
+            for k, m in models.items():
+                r = statistics.median(lrates[k])
+                print(f"| {dtype}, {n} texts of {length} tokens | {k} | {m.info['repack']} | {r:.0f} | "
+                      f"{r / lbase:.2f} | | |", flush=True)
         for m in models.values():
             m.close()
 

@@ -174,7 +174,7 @@ def main() -> int:
         m.close()
     rows: list = []
     info = {"model": str(model), "shape": a.shape, "dtype": a.dtype, "threads": a.threads,
-            "build": jv4.build_info().get("cpu_level") or jv4.build_info().get("variant"),
+            "build": {k: jv4.build_info()[k] for k in ("dispatch", "cpu_baseline", "backends")},
             "batch_wait_ms": a.batch_wait_ms}
     print(json.dumps(info), flush=True)
 

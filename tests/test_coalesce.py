@@ -190,8 +190,11 @@ def test_batch_invariant_vectors_are_the_same_bytes_in_any_batch(make_gguf, dtyp
     _, default = worst(jv4.Model(str(make_gguf(dtype=dtype))))
     assert default > 0
     # ... the batch-invariant ones do not, to the byte
+    # (on x86, F16 held as BF16 and Q8_0 keep jv4's repacked kernels where the CPU
+    # has them; llama.cpp's own repacks, e.g. for Q4_K, stay off)
     m = jv4.Model(str(make_gguf(dtype=dtype)), batch_invariant=True, coalesce=True)
-    assert m.info["batch_invariant"] is True and m.info["repack"] is False
+    assert m.info["batch_invariant"] is True
+    assert m.info["repack"] == (dtype != "Q4_K_M" and jv4.Model(str(make_gguf(dtype=dtype))).info["repack"])
     alone, diff = worst(m)
     assert diff == 0, f"{dtype}: differs by {diff} in some batch"
     # and through shared decodes from threads

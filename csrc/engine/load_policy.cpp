@@ -110,7 +110,22 @@ LoadPolicy decide_load(const FileFacts& file, const BuildFacts& build, const Mod
   // llama.cpp decides ("Weight repacking by type"). Other architectures have
   // other repacked kernels, not measured here: their default stays llama.cpp's.
   bool repackable = false, repack_is_slower = false, f16_matrix = false;
+  // batch_invariant keeps repacking only where every repacked kernel is one
+  // of jv4's (patches 0004, 0005): their one-row and several-row paths do
+  // the same arithmetic for each output, in the same order. llama.cpp's own
+  // repacked GEMM and GEMV (Q4_0, IQ4_NL, Q4_K, Q2_K, ... and every type off
+  // x86) round differently, so a file holding one of those loads unrepacked.
+  bool only_invariant_repacks = build.x86;
   for (int t : file.tensor_types) {
+    switch (static_cast<ggml_type>(t)) {
+      case GGML_TYPE_F32:
+      case GGML_TYPE_F16:
+      case GGML_TYPE_BF16:
+      case GGML_TYPE_Q8_0:
+        break;
+      default:
+        only_invariant_repacks = false;
+    }
     switch (static_cast<ggml_type>(t)) {
       case GGML_TYPE_F16:
         f16_matrix = true;  // (the loader checks shapes)
@@ -143,13 +158,15 @@ LoadPolicy decide_load(const FileFacts& file, const BuildFacts& build, const Mod
     p.mmap = false;
     if (build.avx512_bf16) repackable = true;
   }
-  // batch_invariant: repacked GEMM (several rows) and GEMV (one) round
-  // differently, so the repacked layouts stay off
-  if (opts.batch_invariant.value_or(false) && opts.repack.value_or(false)) {
-    throw std::invalid_argument("batch_invariant=True needs repack off (repacked kernels round differently for "
-                                "one row and for several); leave repack unset or pass repack=False");
+  // batch_invariant: llama.cpp's repacked GEMM (several rows) and GEMV (one)
+  // round differently, so their layouts stay off (above)
+  const bool invariant = opts.batch_invariant.value_or(false);
+  if (invariant && !only_invariant_repacks && opts.repack.value_or(false)) {
+    throw std::invalid_argument("batch_invariant=True needs repack off for this file (llama.cpp's repacked "
+                                "kernels for its weight types round differently for one row and for several; "
+                                "jv4's F16/BF16/Q8_0 ones do not); leave repack unset or pass repack=False");
   }
-  p.repack = opts.batch_invariant.value_or(false) ? false : opts.repack.value_or(!repack_is_slower);
+  p.repack = invariant && !only_invariant_repacks ? false : opts.repack.value_or(!repack_is_slower);
   // Repacked weights are copies: under mmap the file's pages of the same
   // tensors (read once to repack them) stay in the process too, e.g. v4
   // Q4_K_M peaked at file + 1.4 GiB instead of file + 0.2. Read instead.

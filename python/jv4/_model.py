@@ -167,8 +167,10 @@ class Model(EncodeQueryDocument):
         calls that queued while the previous decode ran still share.
 
     batch_invariant: one kernel path for every batch size (llama.cpp's CPU
-        reference kernels through jv4 patch 0011, repacked layouts off), so a
-        text's vector is the same bytes alone, in any batch and through
+        reference kernels through jv4 patch 0011, K-quants through the tiled
+        GEMM for every row count, patch 0012; of the repacked layouts only
+        jv4's Q8_0/BF16 ones, whose one-row and several-row paths agree),
+        so a text's vector is the same bytes alone, in any batch and through
         ``coalesce``. Default False; its cost is measured in
         docs/benchmarks.md, "Batch-invariant vectors". CPU only: a GPU
         backend keeps its own kernels.
