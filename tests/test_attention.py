@@ -11,6 +11,8 @@ import jv4
 from conftest import build_has, cosines
 from corpus import CORPUS
 
+pytestmark = pytest.mark.numerics
+
 # long texts: 40 corpus entries joined, each well over batch_tokens=64
 LONG = ["\n".join(CORPUS[i:i + 40]) for i in range(0, 64, 16)]
 

@@ -35,6 +35,7 @@ def _lock() -> dict:
     return out
 
 
+@pytest.mark.smoke
 def test_version_is_single_sourced_from_pyproject():
     want = _pyproject_version()
     assert jv4.__version__ == want
@@ -43,6 +44,7 @@ def test_version_is_single_sourced_from_pyproject():
     assert metadata.version("jv4") == want
 
 
+@pytest.mark.smoke
 def test_build_info_reports_llama_cpp_pin_backends_and_cpu_features():
     info = jv4.build_info()
     lock = _lock()
@@ -65,6 +67,7 @@ def test_default_build_never_compiles_amx():
     assert "AMX_INT8" not in info["cpu_features"]
 
 
+@pytest.mark.smoke
 def test_module_links_no_llama_or_ggml_shared_library():
     if not sys.platform.startswith("linux"):
         pytest.skip(f"needs ldd and ELF modules (Linux); this platform is {sys.platform}")
@@ -90,6 +93,7 @@ def test_module_exports_no_ggml_or_llama_symbols():
     assert any(line.endswith(" PyInit_" + jv4._core.__name__.rsplit(".", 1)[-1]) for line in out.splitlines())
 
 
+@pytest.mark.source
 def test_vendored_llama_cpp_is_not_tracked_by_git():
     if not (ROOT / ".git").exists():
         pytest.skip(f"needs a git checkout to ask git; {ROOT} has no .git (sdist?)")
@@ -118,6 +122,7 @@ def tampered_archive(tmp_path) -> Path:
     return bad
 
 
+@pytest.mark.source
 def test_fetch_script_rejects_a_tampered_archive(tmp_path, tampered_archive):
     dest = tmp_path / "llama.cpp"
     proc = subprocess.run(
@@ -130,6 +135,7 @@ def test_fetch_script_rejects_a_tampered_archive(tmp_path, tampered_archive):
     assert not dest.exists()
 
 
+@pytest.mark.source
 def test_cmake_configure_fails_on_a_tampered_archive_naming_the_checksum(tmp_path, tampered_archive):
     src = tmp_path / "src"
     (src / "vendor").mkdir(parents=True)
@@ -148,6 +154,7 @@ def test_cmake_configure_fails_on_a_tampered_archive_naming_the_checksum(tmp_pat
     assert "checksum" in text.split("CMake Error")[-1]
 
 
+@pytest.mark.source
 def test_cuda_switch_reaches_ggml(tmp_path):
     # Proving the CUDA build is a later issue; here the switch must reach ggml.
     if os.environ.get("JV4_SANITIZED") == "1":

@@ -63,6 +63,7 @@ def lines_file(tmp_path) -> Path:
     return p
 
 
+@pytest.mark.smoke
 def test_the_console_script_is_installed():
     script = Path(sys.executable).parent / ("jv4.exe" if os.name == "nt" else "jv4")
     proc = subprocess.run([str(script), "--version"], capture_output=True, text=True)
@@ -97,6 +98,7 @@ def test_jsonl_in_jsonl_out_keeps_fields_and_order(model_path, api, tmp_path):
     assert np.array_equal(np.array([g["embedding"] for g in got], np.float32), want)
 
 
+@pytest.mark.smoke
 def test_texts_as_arguments_print_json_lines(model_path, api):
     out = ok(run(["embed", "-m", model_path, "first text", "second text", "--dim", 256]))
     got = [json.loads(line) for line in out.splitlines()]

@@ -176,6 +176,7 @@ def _texts():
 
 
 @pytest.mark.parametrize("dtype, batches", [("F32", 1000), ("F16", 150), ("Q8_0", 150), ("Q4_K_M", 300)])
+@pytest.mark.numerics
 def test_batch_invariant_vectors_are_the_same_bytes_in_any_batch(make_gguf, dtype, batches):
     texts = _texts()
     rng = np.random.default_rng(7)

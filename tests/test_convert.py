@@ -65,6 +65,7 @@ def prefix(task, role):
 @pytest.mark.parametrize("task", jv4.TASKS)
 @pytest.mark.parametrize("role", jv4.ROLES)
 @pytest.mark.parametrize("dim", [None, 128])
+@pytest.mark.numerics
 def test_f32_base_plus_adapter_matches_reference(base_f32, ref, task, role, dim):
     got = base_f32.embed(TEXTS, task=task, role=role, dim=dim)
     want = ref.single(task, TEXTS, prefix(task, role), dim)
@@ -75,6 +76,7 @@ def test_f32_base_plus_adapter_matches_reference(base_f32, ref, task, role, dim)
 @pytest.mark.parametrize("task", jv4.TASKS)
 @pytest.mark.parametrize("role", jv4.ROLES)
 @pytest.mark.parametrize("dim", [None, 256])
+@pytest.mark.numerics
 def test_f16_base_plus_adapter_matches_reference(converted, ref, task, role, dim):
     model = jv4.Model(converted("f16"))
     got = model.embed(TEXTS, task=task, role=role, dim=dim)
@@ -89,6 +91,7 @@ def test_adapters_matter(base_f32):
 
 
 @pytest.mark.parametrize("task", jv4.TASKS)
+@pytest.mark.numerics
 def test_multivector_matches_reference_token_by_token(base_f32, ref, task):
     mv = base_f32.embed_multivector(TEXTS, task=task, role="passage")
     assert len(mv) == len(TEXTS) and mv.width == 128
@@ -101,6 +104,7 @@ def test_multivector_matches_reference_token_by_token(base_f32, ref, task):
     np.testing.assert_allclose(mv.pooled, base_f32.embed(TEXTS, task=task, role="passage"), atol=1e-6)
 
 
+@pytest.mark.numerics
 def test_multivector_over_several_decodes_and_chunks(converted, ref):
     """Texts longer than one decode (chunked against the KV cache) and many
     texts packed together keep every token's vector."""
@@ -136,6 +140,7 @@ def test_flat_layout_with_default_adapter_names(vocab, ref_tokenizer, tmp_path):
 
 
 @pytest.mark.parametrize("outtype,bound", [("bf16", 0.999), ("q8_0", 0.99)])
+@pytest.mark.numerics
 def test_lower_outtypes_load_and_stay_close(converted, ref, outtype, bound):
     model = jv4.Model(converted(outtype))
     assert model.info["file_type"] == outtype.upper()  # llama.cpp's name of the weight type
@@ -150,6 +155,7 @@ def merged(converted):
     return {t: jv4.Model(converted("f32", t)) for t in jv4.TASKS}
 
 
+@pytest.mark.numerics
 def test_merged_model_agrees_with_base_plus_adapter(base_f32, merged, ref):
     for task, m in merged.items():
         assert m.task == task and m.tasks == [task]

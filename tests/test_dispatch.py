@@ -66,6 +66,8 @@ def _levels_here() -> list:
     return [lvl for lvl in d["available"] if lvl in d["supported"]]
 
 
+@pytest.mark.numerics
+@pytest.mark.levels
 def test_each_supported_level_loads_when_forced_and_embeds_like_the_reference(make_gguf, reference):
     from conftest import cosines
     from corpus import CORPUS
@@ -87,6 +89,8 @@ def test_each_supported_level_loads_when_forced_and_embeds_like_the_reference(ma
 
 
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (binutils) is needed to disassemble")
+@pytest.mark.numerics
+@pytest.mark.levels
 def test_no_build_holds_an_instruction_above_its_level():
     _levels_here()
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "check_isa.py"), "--installed"],

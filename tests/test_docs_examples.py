@@ -11,6 +11,8 @@ import pytest
 
 from corpus import CORPUS
 
+pytestmark = pytest.mark.source
+
 DOC = Path(__file__).resolve().parent.parent / "docs" / "integrations.md"
 OFFICIAL_FILE = "jina-embeddings-v4-text-retrieval-Q4_K_M.gguf"
 

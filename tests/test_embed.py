@@ -9,6 +9,8 @@ import jv4
 from conftest import cosines
 from corpus import CORPUS
 
+pytestmark = pytest.mark.numerics
+
 PREFIX = {
     ("retrieval", "query"): "Query: ",
     ("retrieval", "passage"): "Passage: ",
@@ -23,6 +25,7 @@ THRESHOLD = {"F32": 0.99999, "F16": 0.9999, "BF16": 0.999, "Q8_0": 0.999}
 @pytest.mark.parametrize("arch", ["qwen2", "qwen2vl"])
 @pytest.mark.parametrize("task,role", sorted(PREFIX))
 @pytest.mark.parametrize("dim", [None, 128])
+@pytest.mark.smoke
 def test_f32_matches_reference_for_every_task_role_and_dim(load, reference, arch, task, role, dim):
     m = load(arch, task, "F32")
     got = m.embed(CORPUS, role=role, dim=dim)

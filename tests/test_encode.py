@@ -11,6 +11,8 @@ import pytest
 import jv4
 from corpus import CORPUS
 
+pytestmark = pytest.mark.numerics
+
 TEXTS = CORPUS[:24]
 PROMPTS = {"query": "Query: ", "passage": "Passage: "}
 

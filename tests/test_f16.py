@@ -13,6 +13,8 @@ import modelgen as mg
 from conftest import build_has, cosines
 from corpus import CORPUS
 
+pytestmark = pytest.mark.numerics
+
 TEXTS = CORPUS[:12]
 
 

@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 import fuzz_gguf as fz  # noqa: E402
 
 
+@pytest.mark.long
 def test_seeded_fuzz_subset_has_no_crash_hang_or_nan():
     res = fz.run(range(600), seed=11, jobs=2, timeout=60)
     assert res["failures"] == [], json.dumps(res["failures"][:5], indent=1)

@@ -18,6 +18,8 @@ import jv4
 from conftest import cosines
 from corpus import CORPUS
 
+pytestmark = pytest.mark.numerics
+
 CALIBRATION = CORPUS[:30]
 HELD_OUT = CORPUS[30:]
 LINEARS = {  # GGUF name -> transformers module

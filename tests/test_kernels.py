@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.source
+
 ROOT = Path(__file__).resolve().parents[1]
 GGML = ROOT / "vendor" / "llama.cpp" / "ggml" / "src"
 

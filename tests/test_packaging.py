@@ -3,10 +3,12 @@ sdist carries the pruned, patched llama.cpp it needs to build offline.
 
 (The full checks - building the per-level wheel, repairing it with
 auditwheel, installing it and the sdist with no compiler or no network and
-running this suite on them - are .ci/wheel and .ci/sdist-offline.)"""
+running their tiers of this suite - are .ci/wheel and .ci/sdist-offline;
+.ci/README.md.)"""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -32,6 +34,7 @@ def _needs_source_tree():
         pytest.skip(f"needs the source tree (pyproject.toml, .github/); {ROOT} has none")
 
 
+@pytest.mark.source
 def test_wheel_workflow_is_valid_for_github_actions():
     _needs_source_tree()
     exe = _tool("check-jsonschema")
@@ -40,6 +43,7 @@ def test_wheel_workflow_is_valid_for_github_actions():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.source
 def test_cibuildwheel_builds_cpython_310_to_313_on_every_platform():
     _needs_source_tree()
     exe = _tool("cibuildwheel")
@@ -57,7 +61,11 @@ def test_cibuildwheel_builds_cpython_310_to_313_on_every_platform():
     assert {f"{p}-macosx_arm64" for p in pys[1:]} <= mac and {f"{p}-macosx_x86_64" for p in pys[2:]} <= mac
 
 
-def test_sdist_carries_the_pruned_llama_cpp_and_its_licences(tmp_path):
+def _sdist(tmp_path: Path) -> Path:
+    """The sdist named by JV4_SDIST (.ci/sdist-offline: the one CI installs),
+    or one built from this checkout."""
+    if os.environ.get("JV4_SDIST"):
+        return Path(os.environ["JV4_SDIST"])
     _needs_source_tree()
     if not (ROOT / "vendor" / "llama.cpp" / ".jv4-fetched").exists():
         pytest.skip("vendor/llama.cpp has not been fetched (python tools/fetch_llama_cpp.py)")
@@ -65,7 +73,12 @@ def test_sdist_carries_the_pruned_llama_cpp_and_its_licences(tmp_path):
                            "print(build_sdist(sys.argv[1]))", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    sdist = tmp_path / proc.stdout.split()[-1]
+    return tmp_path / proc.stdout.split()[-1]
+
+
+@pytest.mark.source
+def test_sdist_carries_the_pruned_llama_cpp_and_its_licences(tmp_path):
+    sdist = _sdist(tmp_path)
     with tarfile.open(sdist) as tf:
         names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
     for needed in ("vendor/llama.cpp/.jv4-fetched", "vendor/llama.cpp/CMakeLists.txt", "vendor/llama.cpp/LICENSE",

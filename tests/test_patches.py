@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import fetch_llama_cpp as fetch  # noqa: E402
 
+pytestmark = pytest.mark.source
+
 PATCHES = ROOT / "patches" / "llama.cpp"
 VENDORED = ROOT / "vendor" / "llama.cpp"
 

@@ -17,6 +17,8 @@ import jv4
 from conftest import build_has, cosines
 from corpus import CORPUS
 
+pytestmark = pytest.mark.numerics
+
 
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q4_K_M", "Q6_K", "Q5_K_M", "Q3_K_M", "F16"])
 def test_quantized_models_load_and_embed_in_a_subprocess(make_gguf, tmp_path, qtype):

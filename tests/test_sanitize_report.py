@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.source
+
 ROOT = Path(__file__).resolve().parent.parent
 
 OURS_LEAK = """

@@ -40,9 +40,6 @@ export LSAN_OPTIONS="exitcode=0:max_leaks=200"
 export UBSAN_OPTIONS="log_path=$OUT/logs/ubsan:print_stacktrace=1:halt_on_error=0"
 export GGML_NO_BACKTRACE=1
 export JV4_SANITIZED=1
-# the second full build (tests/test_sde_build.py) checks the build system, not
-# runtime code: it would compile llama.cpp again under the preloaded runtimes
-export JV4_SKIP_REBUILD_TESTS=1
 
 echo "== tests under ASan + UBSan"
 set +e
