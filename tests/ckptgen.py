@@ -197,7 +197,7 @@ def write_checkpoint(root: Path, vocab: "mg.Vocab", *, shape: mg.Shape = mg.TINY
     cfg = {"architectures": ["JinaEmbeddingsV4Model"], "model_type": "qwen2_5_vl",
            "multi_vector_projector_dim": projector_out,
            "image_token_id": 151655, "video_token_id": 151656, "vision_start_token_id": 151652,
-           "vision_end_token_id": 151653}
+           "vision_end_token_id": 151653, "matryoshka_dims": [128, 256, 512, 1024, 2048]}
     if vision:
         cfg["vision_config"] = {**VISION, "out_hidden_size": h}
         (root / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR))
@@ -207,8 +207,8 @@ def write_checkpoint(root: Path, vocab: "mg.Vocab", *, shape: mg.Shape = mg.TINY
     else:
         cfg.update(text_cfg)
     (root / "config.json").write_text(json.dumps(cfg))
-    # Qwen2.5-VL's vision tokens where the vocabulary reaches their ids (the
-    # fuzzer's small vocabulary does not: its image prompt is plain text)
+    # Qwen2.5-VL's vision tokens where the vocabulary reaches their ids (a
+    # small vocabulary holds them already, or lacks them on purpose)
     tok_vocab = vocab.with_vision_tokens() if vocab.size > 151656 else vocab
     tok_vocab.reference_tokenizer().save(str(root / "tokenizer.json"))
     return Checkpoint(root, shape, n_vocab, weights, (proj_w, proj_b), lora, alpha / rank, vweights)

@@ -93,15 +93,20 @@ class Vocab:
 
     def with_vision_tokens(self) -> "Vocab":
         """This vocabulary with Qwen2.5-VL's control tokens at their ids
-        (<|vision_start|> 151652, <|vision_end|> 151653, <|image_pad|> 151655)."""
+        (<|vision_start|> 151652, <|vision_end|> 151653, <|image_pad|> 151655);
+        a small one (head()) gets them appended after its own."""
         out = object.__new__(Vocab)
         out.tokens = list(self.tokens)
         out.token_type = list(self.token_type)
         out.merges = self.merges
         out.eos = self.eos
+        first = self.VISION_FIRST_ID if self.size > self.VISION_FIRST_ID + len(self.VISION_TOKENS) else self.size
         for i, t in enumerate(self.VISION_TOKENS):
-            out.tokens[self.VISION_FIRST_ID + i] = t
-            out.token_type[self.VISION_FIRST_ID + i] = 3
+            if first + i == len(out.tokens):
+                out.tokens.append(t)
+                out.token_type.append(3)
+            out.tokens[first + i] = t
+            out.token_type[first + i] = 3
         return out
 
     def reference_tokenizer(self):

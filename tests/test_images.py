@@ -150,6 +150,8 @@ def test_convert_refuses_missing_image_settings(vocab, tmp_path):
 
 # --- the reference ---------------------------------------------------------------
 @pytest.mark.parametrize("task", cg.TASKS)
+@pytest.mark.numerics
+@pytest.mark.smoke
 def test_single_vectors_match_transformers_f32(model, ref, task):
     imgs = [PIL.fromarray(picture(w, h)) for w, h in SIZES]
     got = model.embed_images(imgs, task=task)
@@ -165,6 +167,7 @@ def test_single_vectors_match_transformers_f32(model, ref, task):
         assert abs(np.linalg.norm(g) - 1) < 1e-5
 
 
+@pytest.mark.numerics
 def test_single_vectors_match_transformers_f16(folders, ref):
     m = jv4.Model(folders["f16"][0])
     imgs = [PIL.fromarray(picture(w, h)) for w, h in SIZES[:3]]
@@ -173,6 +176,7 @@ def test_single_vectors_match_transformers_f16(folders, ref):
             assert cos(g, ref.single(task, img)) >= 0.999
 
 
+@pytest.mark.numerics
 def test_multivectors_match_transformers_per_token(model, ref):
     imgs = [PIL.fromarray(picture(w, h)) for w, h in SIZES[:3]]
     mv = model.embed_images_multivector(imgs, task="retrieval")
@@ -301,6 +305,55 @@ def test_mmproj_of_another_model_is_refused(folders, vocab, tmp_path):
         jv4.Model(flat, mmproj=flat)
 
 
+def test_mmproj_with_another_window_size_is_refused(folders, tmp_path):
+    # the pinned clip attends in 112-pixel windows whatever the file says
+    # (tools/fuzz_gguf.py reads and writes GGUF key by key)
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    import fuzz_gguf as fz
+
+    folder, files = folders["f32"]
+    g = fz.parse((folder / files["mmproj"]).read_bytes())
+    assert g.find("clip.vision.window_size").value == jv4._core.QWEN25VL_WINDOW_SIZE
+    g.find("clip.vision.window_size").value = 56
+    other = tmp_path / "mmproj-56.gguf"
+    other.write_bytes(fz.serialize(g))
+    with pytest.raises(jv4.ModelLoadError, match="window_size = 56: .* windows of 112 pixels"):
+        jv4.Model(folder / files["base"], mmproj=other)
+
+
+def test_a_vocabulary_without_the_image_prompts_control_tokens_is_refused(tmp_path):
+    # Qwen2's first 1000 tokens and its three control tokens: no <|vision_start|>
+    import modelgen as mg
+
+    small = mg.Vocab().head(1000)
+    assert "<|im_start|>" in small.tokens and "<|vision_start|>" not in small.tokens
+    shape = mg.Shape(hidden=64, layers=1, heads=2, kv_heads=1, ffn=128, ctx=4096)
+    ck = cg.write_checkpoint(tmp_path / "ck", small, shape=shape, pad_vocab=0, rank=2)
+    files = jv4.convert(ck.root, tmp_path / "out", outtype="f16", merge="retrieval")
+    with pytest.raises(jv4.ModelLoadError, match=r"vocabulary lacks <\|vision_start\|> as a control token"):
+        jv4.Model(tmp_path / "out" / files["merged"], mmproj=tmp_path / "out" / files["mmproj"])
+
+
+def test_convert_refuses_what_the_engine_would_compute_otherwise(vocab, tmp_path):
+    ck = cg.write_checkpoint(tmp_path / "ck", vocab, seed=12)
+    good = json.loads((ck.root / "config.json").read_text())
+
+    def refused(edit, message):
+        cfg = json.loads(json.dumps(good))
+        edit(cfg)
+        (ck.root / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(ConversionError, match=message):
+            jv4.convert(ck.root, tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+
+    refused(lambda c: c["vision_config"].__setitem__("window_size", 56), "window_size 56: .* windows of 112 pixels")
+    refused(lambda c: c["vision_config"].pop("num_heads"), r"lacks num_heads; .*--no-vision")
+    refused(lambda c: c.__setitem__("matryoshka_dims", [64, 128, 256]), r"matryoshka_dims \[64, 128, 256\] differ")
+
+
+@pytest.mark.numerics
 def test_image_budget_option(folders, ref):
     folder = folders["f32"][0]
     small = jv4.Model(folder, image_max_tokens=20)

@@ -496,7 +496,9 @@ def make_bases(d: Path) -> list:
     c = d / "base-qwen2-Q4_K_M.gguf"
     jv4.quantize(f32, c, "Q4_K_M")
     f32.unlink()
-    return [a, b, c, make_vision_base(d, vocab, small)]
+    # the vision base's vocabulary holds the image prompt's control tokens (a
+    # text model without them is refused before its mmproj is read further)
+    return [a, b, c, make_vision_base(d, vocab.with_vision_tokens(), small)]
 
 
 VISION_TEXT = "vision-text.gguf"  # beside a vision base: the text model it feeds

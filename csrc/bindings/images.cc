@@ -8,6 +8,7 @@
 
 #include "bindings/common.hpp"
 #include "engine/images.hpp"
+#include "engine/vision.hpp"
 
 namespace jv4py {
 
@@ -44,6 +45,8 @@ void register_images(py::module_& m) {
       "the engine's decoding of an encoded image: height x width x 3 uint8 (alpha composited over white); "
       "ValueError naming `name` when it is not an image jv4 embeds");
   m.attr("MAX_IMAGE_PIXELS") = jv4::kMaxImagePixels;
+  // the one window size the pinned clip's Qwen2.5-VL graph runs (vision.hpp): jv4 convert refuses others
+  m.attr("QWEN25VL_WINDOW_SIZE") = jv4::kQwen25VLWindowSize;
 }
 
 }  // namespace jv4py

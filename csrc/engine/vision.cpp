@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -165,6 +166,10 @@ MmprojFacts check_mmproj(const std::string& path, int n_embd_text) {
   if (auto w = h.u32("clip.vision.window_size", unit, 1 << 16, false); w && *w % unit != 0) {
     h.fail("clip.vision.window_size = " + std::to_string(*w) + " is not a multiple of patch_size x merge = " +
            std::to_string(unit));
+  } else if (w && *w != kQwen25VLWindowSize) {
+    h.fail("clip.vision.window_size = " + std::to_string(*w) + ": llama.cpp's Qwen2.5-VL graph attends in " +
+           "windows of " + std::to_string(kQwen25VLWindowSize) + " pixels whatever the file says, so this " +
+           "tower's vectors would be wrong");
   }
   {
     const float eps = gguf_get_val_f32(g.get(), h.id("clip.vision.attention.layer_norm_epsilon", true));
@@ -259,6 +264,26 @@ ImagePrompt::~ImagePrompt() {
   if (chunks != nullptr) mtmd_input_chunks_free(chunks);
 }
 
+namespace {
+
+// Each control token of the image prompt must be one control token of the
+// text model's vocabulary (jina.hpp).
+void check_prompt_tokens(const std::string& mmproj, const llama_model* text) {
+  const llama_vocab* vocab = llama_model_get_vocab(text);
+  for (const char* piece : jina::kImagePromptTokens) {
+    llama_token ids[4];
+    const int n = llama_tokenize(vocab, piece, static_cast<int32_t>(std::strlen(piece)), ids, 4,
+                                 /*add_special=*/false, /*parse_special=*/true);
+    if (n != 1 || (llama_vocab_get_attr(vocab, ids[0]) & LLAMA_TOKEN_ATTR_CONTROL) == 0) {
+      throw ModelLoadError(mmproj + ": the text model's vocabulary lacks " + piece + " as a control token, so " +
+                           "jina-v4's image prompt would be read as plain text (its tokenizer is not Qwen2.5-VL's; " +
+                           "convert the checkpoint with its own tokenizer.json)");
+    }
+  }
+}
+
+}  // namespace
+
 Vision::Vision(const std::string& mmproj, const llama_model* text, int n_embd_text, int n_threads,
                std::optional<int> min_tokens, std::optional<int> max_tokens, bool use_gpu)
     : path_(mmproj) {
@@ -267,6 +292,7 @@ Vision::Vision(const std::string& mmproj, const llama_model* text, int n_embd_te
     throw ModelLoadError(mmproj + ": images need the text model with M-RoPE positions (llama.cpp "
                          "architecture qwen2vl, as `jv4 convert` writes it); this text model has another");
   }
+  check_prompt_tokens(mmproj, text);
   const int area = facts_.patch_size * facts_.merge * facts_.patch_size * facts_.merge;  // pixels a token
   // the budget: options, else the file's pixels (rounded to whole tokens), else llama.cpp's
   min_tokens_ = min_tokens.value_or(facts_.min_pixels ? static_cast<int>((*facts_.min_pixels + area - 1) / area) : 8);

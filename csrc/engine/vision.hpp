@@ -19,6 +19,12 @@ struct mtmd_input_chunks;
 
 namespace jv4 {
 
+// The attention window (pixels) of the pinned clip's Qwen2.5-VL graph: it
+// never reads clip.vision.window_size for this projector and always uses
+// 112 (clip.cpp), so an mmproj that says another is refused rather than
+// computed with the wrong windows. (The converter refuses it too.)
+inline constexpr int kQwen25VLWindowSize = 112;
+
 // What an mmproj file says of itself, after check_mmproj.
 struct MmprojFacts {
   std::string projector_type;  // "qwen2.5vl_merger"

@@ -297,6 +297,13 @@ class _Checkpoint:
         if s.mrope and (len(s.mrope) > 4 or sum(s.mrope) > half or min(s.mrope) < 0):
             raise ConversionError(f"config.json: rope_scaling.mrope_section {s.mrope} does not fit the "
                                   f"head's {half} rotary pairs")
+        # the Matryoshka widths the model was trained at: jv4 truncates to
+        # jina-v4's (jv4._core.MATRYOSHKA_DIMS), so a checkpoint naming others
+        # is refused rather than embedded at widths it was not trained for
+        dims = self.config.get("matryoshka_dims")
+        if dims is not None and (not isinstance(dims, list) or sorted(dims) != list(_core.MATRYOSHKA_DIMS)):
+            raise ConversionError(f"config.json: matryoshka_dims {dims!r} differ from jina-embeddings-v4's "
+                                  f"{list(_core.MATRYOSHKA_DIMS)}, the widths jv4 truncates to")
         files = sorted(p for p in root.glob("*.safetensors"))
         if not files:
             raise ConversionError(f"{root}: no *.safetensors weights")
@@ -371,7 +378,8 @@ class _Checkpoint:
         need = ("depth", "hidden_size", "intermediate_size", "num_heads", "out_hidden_size")
         missing = [k for k in need if k not in vc]
         if missing:
-            raise ConversionError(f"config.json: vision_config lacks {', '.join(missing)}")
+            raise ConversionError(f"config.json: vision_config lacks {', '.join(missing)}; or convert the text "
+                                  "model alone with vision=False (jv4 convert --no-vision)")
         pre = _load_json(self.root / "preprocessor_config.json", "the image processor's settings, needed for "
                          "the vision tower (or convert with vision=False)")
         depth = int(vc["depth"])
@@ -400,6 +408,9 @@ class _Checkpoint:
             problems.append(f"{v.heads} vision heads do not split hidden_size {v.hidden} into heads of a multiple of 4")
         if v.window % (v.patch * v.merge):
             problems.append(f"window_size {v.window} is not a multiple of patch_size x merge = {v.patch * v.merge}")
+        elif v.window != _core.QWEN25VL_WINDOW_SIZE:
+            problems.append(f"window_size {v.window}: llama.cpp's Qwen2.5-VL graph attends in windows of "
+                            f"{_core.QWEN25VL_WINDOW_SIZE} pixels whatever the file says")
         if vc.get("hidden_act", "silu") != "silu":
             problems.append(f"vision hidden_act {vc.get('hidden_act')!r} (the Qwen2.5-VL tower uses silu)")
         for k, got in (("patch_size", pre.get("patch_size")), ("merge_size", pre.get("merge_size")),
