@@ -68,6 +68,39 @@ def test_planner_keeps_input_order_for_equal_lengths_and_packs_greedily():
     assert [[s[0] for s in spans] for _, spans in decodes] == [[0, 1], [2, 3], [4]]
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_segmented_plan_decodes_each_segment_alone_in_order(seed):
+    # an image prompt: text tokens, the image's rows, text tokens - no decode
+    # may mix two segments (tokens and rows cannot share a llama.cpp batch)
+    rng = np.random.default_rng(seed)
+    batch = int(rng.integers(1, 40))
+    seqs = [[int(n) for n in rng.integers(0, 90, size=int(rng.integers(1, 4)))] for _ in range(int(rng.integers(0, 5)))]
+    empty, decodes, longest = stages.plan_segmented(seqs, batch)
+    assert longest == max((sum(s) for s in seqs), default=0)
+    assert empty == [i for i, s in enumerate(seqs) if sum(s) == 0]
+    walked = []  # (sequence, begin, end) in decode order
+    for clear, spans in decodes:
+        assert len(spans) == 1
+        ((seq, slot, b, e, last),) = spans
+        assert slot == 0 and 0 < e - b <= batch
+        assert clear == (b == 0)  # the cache cleared exactly where a sequence starts
+        assert last == (e == sum(seqs[seq]))
+        bounds = np.cumsum([0] + seqs[seq])
+        k = int(np.searchsorted(bounds, b, side="right")) - 1
+        assert e <= bounds[k + 1]  # inside one segment
+        walked.append((seq, b, e))
+    # every position of every sequence once, sequences in input order
+    expect = []
+    for i, s in enumerate(seqs):
+        at = 0
+        for n in s:
+            expect += [(i, at + o, at + min(n, o + batch)) for o in range(0, n, batch)]
+            at += n
+    assert walked == expect
+    with pytest.raises(ValueError, match="batch_tokens must be >= 1"):
+        stages.plan_segmented([[3]], 0)
+
+
 def test_planner_refuses_empty_budgets():
     with pytest.raises(ValueError, match="batch_tokens and max_seqs must be >= 1"):
         stages.plan_decodes([1], 0, 1)

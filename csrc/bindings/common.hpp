@@ -70,6 +70,9 @@ void run_blocking(const std::function<void()>& work, std::atomic<bool>& cancel,
 // a callback).
 std::function<void()> progress_tick(const std::optional<py::function>& callback, jv4::Progress& progress);
 
+// A scheduler's counters (engine/scheduler.hpp) as the dict Model.stats() returns.
+py::dict stats_dict(const jv4::ComputeStats& st);
+
 void register_info(py::module_& m);
 void register_options(py::module_& m);
 void register_model(py::module_& m);

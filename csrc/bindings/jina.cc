@@ -10,6 +10,7 @@ namespace jv4py {
 void register_jina(py::module_& m) {
   m.attr("TASKS") = py::tuple(py::cast(jv4::jina::tasks()));
   m.attr("ROLES") = py::tuple(py::cast(jv4::jina::roles()));
+  m.attr("DEFAULT_TASK") = jv4::jina::kDefaultTask;
   m.attr("MATRYOSHKA_DIMS") = py::tuple(py::cast(jv4::jina::trained_dims()));
   py::dict keys;  // the GGUF keys of `jv4 convert`'s files, for python/jv4/checkpoint.py
   for (const auto& [name, key] : jv4::jina::gguf_keys()) keys[py::str(name)] = key;

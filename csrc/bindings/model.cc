@@ -161,9 +161,9 @@ void register_model(py::module_& m) {
       .def_property_readonly("is_base", [](const M& s) { return s.model->is_base(); })
       .def_property_readonly("adapter_tasks", [](const M& s) { return s.model->adapter_tasks(); })
       .def_property_readonly("projector_tasks", [](const M& s) { return s.model->projector_tasks(); })
-      .def_property_readonly("pooling", [](const M& s) { return s.model->pooling(); })
+      .def_property_readonly("pooling", [](const M& s) { return s.model->info().pooling; })
       .def_property_readonly("normalization", [](const M& s) -> std::optional<std::string> {
-        const std::string& n = s.model->normalization();
+        const std::string& n = s.model->info().normalization;
         if (n.empty()) return std::nullopt;
         return n;
       })
@@ -175,23 +175,7 @@ void register_model(py::module_& m) {
       .def_property_readonly("info", [](const M& s) -> jv4::ModelInfo { return s.model->info(); })  // a copy
       .def(
           "stats",
-          [](const M& s) {
-            const jv4::ComputeStats st = s.model->stats();
-            py::dict d;
-            d["calls"] = st.calls;
-            d["groups"] = st.groups;
-            d["texts"] = st.texts;
-            d["tokens"] = st.tokens;
-            d["images"] = st.images;
-            d["queue_seconds"] = st.queue_seconds;
-            d["compute_seconds"] = st.compute_seconds;
-            py::list bounds;
-            for (int b : jv4::ComputeStats::kGroupSizeBounds) bounds.append(b);
-            bounds.append(py::none());
-            d["group_size_bounds"] = bounds;
-            d["group_sizes"] = st.group_sizes;
-            return d;
-          },
+          [](const M& s) { return stats_dict(s.model->stats()); },
           "what the compute thread has done since the model loaded: calls, groups (runs, a call alone or "
           "calls sharing decodes), texts, tokens, images, queue_seconds and compute_seconds (sums), "
           "group_sizes (groups by calls per group, upper bounds in group_size_bounds; None: the rest)")
@@ -211,8 +195,9 @@ void register_model(py::module_& m) {
              std::vector<int32_t> ids;
              {
                py::gil_scoped_release release;
-               ids = max_length ? s.model->tokenize_head(one.views[0], prefix, static_cast<size_t>(*max_length))
-                                : s.model->tokenize(one.views[0], prefix);
+               const jv4::Tokenizer& tok = s.model->tokenizer();
+               ids = max_length ? tok.tokenize_head(one.views[0], prefix, static_cast<size_t>(*max_length))
+                                : tok.tokenize(one.views[0], prefix);
              }
              py::array_t<int32_t> arr(static_cast<py::ssize_t>(ids.size()));
              std::copy(ids.begin(), ids.end(), arr.mutable_data());
@@ -221,14 +206,21 @@ void register_model(py::module_& m) {
            py::arg("text"), py::arg("task") = py::none(), py::arg("role") = "query",
            py::arg("add_prefix") = true, py::arg("max_length") = py::none())
       .def(
-          "resolve_task",
-          [](const M& s, std::optional<std::string> task) -> std::optional<std::string> {
-            const std::string t = s.model->resolve(task, "query", std::nullopt, true).task;
-            if (t.empty()) return std::nullopt;
-            return t;
+          "check_request",
+          [](const M& s, std::optional<std::string> task, const std::string& role, std::optional<int> dim,
+             bool multivector, bool images) {
+            const jv4::Request req = images ? s.model->resolve_images(task, dim, multivector)
+                                            : s.model->resolve(task, role, dim, true, multivector);
+            py::dict d;
+            d["task"] = req.task.empty() ? py::object(py::none()) : py::object(py::str(req.task));
+            d["prefix"] = req.prefix;
+            d["dim"] = req.dim;
+            return d;
           },
-          py::arg("task") = py::none(),
-          "the task a call with this task= runs (None for models without tasks); ValueError as embed")
+          py::arg("task") = py::none(), py::arg("role") = "query", py::arg("dim") = py::none(),
+          py::arg("multivector") = false, py::arg("images") = false,
+          "the request policy's answer for a call with these arguments ({task, prefix, dim}), or "
+          "jv4.ArgumentError (a ValueError) naming the argument in .param - as the call itself would")
       .def("embed",
            [](M& s, py::handle texts, std::optional<std::string> task, const std::string& role,
               std::optional<int> dim, bool truncate, std::optional<py::function> progress) {

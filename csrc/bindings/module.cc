@@ -20,6 +20,9 @@ PYBIND11_MODULE(JV4_MODULE_NAME, m) {
   m.attr("__version__") = JV4_VERSION;
 
   static py::exception<jv4::ModelLoadError> model_load_error(m, "ModelLoadError", PyExc_RuntimeError);
+  // a call's argument refused (engine/errors.hpp BadArgument): a ValueError
+  // whose .param names the argument ("task", "role", "dim", ...)
+  static py::exception<jv4::BadArgument> argument_error(m, "ArgumentError", PyExc_ValueError);
   // Messages can quote a model file's bytes (a key, a token), which need not
   // be UTF-8: decoded with replacement, so the error stays the error it is
   // (not a UnicodeDecodeError about its message).
@@ -42,6 +45,17 @@ PYBIND11_MODULE(JV4_MODULE_NAME, m) {
       set_error(PyExc_FileNotFoundError, e.what());
     } catch (const jv4::Cancelled& e) {
       set_error(PyExc_KeyboardInterrupt, e.what());
+    } catch (const jv4::BadArgument& e) {
+      set_error(argument_error.ptr(), e.what());
+      PyObject *type = nullptr, *value = nullptr, *tb = nullptr;
+      PyErr_Fetch(&type, &value, &tb);
+      PyErr_NormalizeException(&type, &value, &tb);
+      if (value != nullptr) {
+        PyObject* param = PyUnicode_FromString(e.param.c_str());
+        if (param == nullptr || PyObject_SetAttrString(value, "param", param) != 0) PyErr_Clear();
+        Py_XDECREF(param);
+      }
+      PyErr_Restore(type, value, tb);
     } catch (const py::builtin_exception&) {
       throw;  // pybind11's own (value_error, ...): its translator
     } catch (const std::invalid_argument& e) {

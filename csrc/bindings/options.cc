@@ -88,6 +88,10 @@ void register_options(py::module_& m) {
       .def_readonly("coalesce", &I::coalesce)
       .def_readonly("batch_wait_ms", &I::batch_wait_ms)
       .def_readonly("batch_invariant", &I::batch_invariant);
+  // the defaults the options take when left None (options.hpp), for the
+  // facade's and the command's help texts
+  m.attr("DEFAULT_MAX_LENGTH") = jv4::kDefaultMaxLength;
+  m.attr("DEFAULT_BATCH_TOKENS") = jv4::kDefaultBatchTokens;
 }
 
 }  // namespace jv4py

@@ -138,6 +138,23 @@ void run_blocking(const std::function<void()>& work, std::atomic<bool>& cancel, 
   if (tick) tick();
 }
 
+py::dict stats_dict(const jv4::ComputeStats& st) {
+  py::dict d;
+  d["calls"] = st.calls;
+  d["groups"] = st.groups;
+  d["texts"] = st.texts;
+  d["tokens"] = st.tokens;
+  d["images"] = st.images;
+  d["queue_seconds"] = st.queue_seconds;
+  d["compute_seconds"] = st.compute_seconds;
+  py::list bounds;
+  for (int b : jv4::ComputeStats::kGroupSizeBounds) bounds.append(b);
+  bounds.append(py::none());
+  d["group_size_bounds"] = bounds;
+  d["group_sizes"] = st.group_sizes;
+  return d;
+}
+
 std::function<void()> progress_tick(const std::optional<py::function>& callback, jv4::Progress& progress) {
   if (!callback) return nullptr;
   return [&callback, &progress, last_texts = ~uint64_t{0}, last_tokens = ~uint64_t{0}]() mutable {

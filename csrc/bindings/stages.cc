@@ -1,19 +1,27 @@
 // jv4._core._stages: the engine's pure stages (batch planner, output stage,
-// load policy) exposed alone, so tests can check them against independent
+// load policy, request policy) and the scheduler exposed alone, so tests can check them against independent
 // references without a model. Not part of the public API. A class of static
 // methods rather than a submodule, so that the generated stub is one file.
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
 #include <cctype>
+#include <chrono>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
 #include "bindings/common.hpp"
 #include "engine/batch_plan.hpp"
 #include "engine/coalesce.hpp"
+#include "engine/errors.hpp"
 #include "engine/load_policy.hpp"
+#include "engine/request.hpp"
+#include "engine/scheduler.hpp"
 #include "ggml.h"
 #include "llama.h"
 #include "engine/output.hpp"
@@ -43,6 +51,86 @@ llama_ftype ftype_named(const std::string& name) {
   }
   throw std::invalid_argument("no llama file type named '" + name + "'");
 }
+
+py::tuple plan_tuple(const jv4::Plan& plan) {
+  py::list decodes;
+  for (const jv4::Decode& d : plan.decodes) {
+    py::list spans;
+    for (const jv4::Span& s : d.spans) spans.append(py::make_tuple(s.text, s.seq, s.begin, s.end, s.last));
+    decodes.append(py::make_tuple(d.clear, spans));
+  }
+  return py::make_tuple(plan.empty, decodes, plan.longest);
+}
+
+// The scheduler alone, over jobs that only sleep: which jobs ran together,
+// in which order, and what was withdrawn - without a model.
+class SchedulerProbe {
+ public:
+  struct ProbeJob : jv4::Scheduler::Job {
+    int id = 0;
+    double work_ms = 0;
+  };
+  SchedulerProbe(int batch_tokens, int max_seqs, bool coalesce, double batch_wait_ms)
+      : sched_([this](const std::vector<jv4::Scheduler::Job*>& g) { run(g); },
+               jv4::Scheduler::Limits{batch_tokens, max_seqs, coalesce, batch_wait_ms}) {}
+  // Queues job `id` and waits for it (GIL released): "done", "cancelled"
+  // (withdrawn while queued: its flag set cancel_after_ms after queueing),
+  // or the message of the error its work raised ("fail": a job that throws).
+  std::string submit(int id, bool text, const std::string& task, size_t n_tokens, size_t n_texts, double work_ms,
+                     std::optional<double> cancel_after_ms, bool fail) {
+    ProbeJob job;
+    job.id = id;
+    job.work_ms = fail ? -1 : work_ms;
+    job.shape = jv4::QueuedCall{text, task, n_tokens, n_texts};
+    std::atomic<bool> cancel{false};
+    job.cancel = &cancel;
+    py::gil_scoped_release release;
+    std::thread timer;
+    if (cancel_after_ms) {
+      timer = std::thread([&cancel, ms = *cancel_after_ms] {
+        std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(ms));
+        cancel = true;
+      });
+    }
+    std::string result = "done";
+    try {
+      sched_.run(job);
+    } catch (const jv4::Cancelled&) {
+      result = "cancelled";
+    } catch (const std::exception& e) {
+      result = e.what();
+    }
+    if (timer.joinable()) timer.join();
+    return result;
+  }
+  std::vector<std::vector<int>> groups() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return groups_;
+  }
+  py::dict stats() const { return stats_dict(sched_.stats()); }
+
+ private:
+  void run(const std::vector<jv4::Scheduler::Job*>& group) {
+    std::vector<int> ids;
+    double ms = 0;
+    bool fail = false;
+    for (jv4::Scheduler::Job* j : group) {
+      auto* p = static_cast<ProbeJob*>(j);
+      ids.push_back(p->id);
+      ms = std::max(ms, p->work_ms);
+      fail = fail || p->work_ms < 0;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      groups_.push_back(ids);
+    }
+    std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(ms));
+    if (fail) throw std::runtime_error("the group failed");
+  }
+  std::mutex mu_;
+  std::vector<std::vector<int>> groups_;
+  jv4::Scheduler sched_;  // last: its thread calls run()
+};
 }  // namespace
 
 void register_stages(py::module_& parent) {
@@ -84,17 +172,49 @@ void register_stages(py::module_& parent) {
   m.def_static(
       "plan_decodes",
       [](const std::vector<size_t>& n_tokens, int batch_tokens, int max_seqs) {
-        jv4::Plan plan = jv4::plan_decodes(n_tokens, batch_tokens, max_seqs);
-        py::list decodes;
-        for (const jv4::Decode& d : plan.decodes) {
-          py::list spans;
-          for (const jv4::Span& s : d.spans) spans.append(py::make_tuple(s.text, s.seq, s.begin, s.end, s.last));
-          decodes.append(py::make_tuple(d.clear, spans));
-        }
-        return py::make_tuple(plan.empty, decodes, plan.longest);
+        return plan_tuple(jv4::plan_decodes(n_tokens, batch_tokens, max_seqs));
       },
       py::arg("n_tokens"), py::arg("batch_tokens"), py::arg("max_seqs"),
       "(empty texts, [(clear, [(text, seq, begin, end, last)])], longest)");
+  m.def_static(
+      "plan_segmented",
+      [](const std::vector<std::vector<size_t>>& segments, int batch_tokens) {
+        return plan_tuple(jv4::plan_segmented(segments, batch_tokens));
+      },
+      py::arg("segments"), py::arg("batch_tokens"),
+      "segments: each sequence's segment lengths -> as plan_decodes");
+  m.def_static(
+      "resolve_request",
+      [](const std::string& path, bool jina_v4, bool base, const std::string& task_of_file,
+         const std::vector<std::string>& adapters, const std::vector<std::string>& projectors, int n_embd, bool vision,
+         std::optional<std::string> task, const std::string& role, std::optional<int> dim, bool multivector,
+         bool images) {
+        jv4::RequestFacts f;
+        f.path = path;
+        f.jina_v4 = jina_v4;
+        f.base = base;
+        f.task = task_of_file;
+        f.adapters = adapters;
+        f.projectors = projectors;
+        f.n_embd = n_embd;
+        f.vision = vision;
+        const jv4::Request r = images ? jv4::resolve_image_request(f, task, dim, multivector)
+                                      : jv4::resolve_request(f, task, role, dim, true, multivector);
+        return py::make_tuple(r.task, r.prefix, r.dim, jv4::allowed_dims(f));
+      },
+      py::arg("path"), py::arg("jina_v4"), py::arg("base"), py::arg("task_of_file"), py::arg("adapters"),
+      py::arg("projectors"), py::arg("n_embd"), py::arg("vision"), py::arg("task"), py::arg("role"), py::arg("dim"),
+      py::arg("multivector"), py::arg("images"),
+      "the request policy for a model with these facts: (task, prefix, dim, allowed dims), or "
+      "ArgumentError naming the argument");
+  py::class_<SchedulerProbe>(m, "SchedulerProbe", "the scheduler alone over jobs that sleep (tests)")
+      .def(py::init<int, int, bool, double>(), py::arg("batch_tokens"), py::arg("max_seqs"), py::arg("coalesce"),
+           py::arg("batch_wait_ms") = 0.0)
+      .def("submit", &SchedulerProbe::submit, py::arg("id"), py::arg("text") = true, py::arg("task") = "",
+           py::arg("n_tokens") = 1, py::arg("n_texts") = 1, py::arg("work_ms") = 0.0,
+           py::arg("cancel_after_ms") = py::none(), py::arg("fail") = false)
+      .def("groups", &SchedulerProbe::groups, "the ids of each group run, in order")
+      .def("stats", &SchedulerProbe::stats);
   m.def_static(
       "pick_group",
       [](const std::vector<std::tuple<bool, std::string, size_t, size_t>>& queue, int batch_tokens, int max_seqs,

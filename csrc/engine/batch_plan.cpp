@@ -57,4 +57,34 @@ Plan plan_decodes(const std::vector<size_t>& n_tokens, int batch_tokens, int max
   return plan;
 }
 
+Plan plan_segmented(const std::vector<std::vector<size_t>>& segments, int batch_tokens) {
+  if (batch_tokens < 1) {
+    throw std::invalid_argument("plan_segmented: batch_tokens must be >= 1 (got " + std::to_string(batch_tokens) + ")");
+  }
+  Plan plan;
+  const size_t B = static_cast<size_t>(batch_tokens);
+  for (size_t seq = 0; seq < segments.size(); ++seq) {
+    const size_t len = std::accumulate(segments[seq].begin(), segments[seq].end(), size_t{0});
+    plan.longest = std::max(plan.longest, static_cast<int>(len));
+    if (len == 0) {
+      plan.empty.push_back(seq);
+      continue;
+    }
+    bool first = true;
+    size_t at = 0;  // the segment's first position
+    for (size_t n : segments[seq]) {
+      for (size_t start = 0; start < n; start += B) {
+        const size_t end = std::min(n, start + B);
+        Decode d;
+        d.clear = first;
+        first = false;
+        d.spans.push_back({seq, 0, static_cast<int>(at + start), static_cast<int>(at + end), at + end == len});
+        plan.decodes.push_back(std::move(d));
+      }
+      at += n;
+    }
+  }
+  return plan;
+}
+
 }  // namespace jv4

@@ -39,4 +39,13 @@ struct Plan {
 // std::invalid_argument when batch_tokens < 1 or max_seqs < 1.
 Plan plan_decodes(const std::vector<size_t>& n_tokens, int batch_tokens, int max_seqs);
 
+// The plan of sequences made of segments that cannot share a decode (an
+// image prompt: text tokens, the image's embedding rows, text tokens): each
+// sequence alone, in input order, the cache cleared before it; each segment
+// in chunks of at most `batch_tokens`, so no decode crosses a segment's
+// boundary. segments[i]: the lengths of sequence i's segments; spans count
+// positions from the sequence's start. std::invalid_argument when
+// batch_tokens < 1.
+Plan plan_segmented(const std::vector<std::vector<size_t>>& segments, int batch_tokens);
+
 }  // namespace jv4

@@ -6,6 +6,8 @@
 #include <cctype>
 #include <stdexcept>
 
+#include "engine/errors.hpp"
+
 namespace jv4::jina {
 namespace {
 
@@ -44,14 +46,14 @@ std::string bad_task(const std::string& got, const std::string& name, bool or_no
 }
 
 void check_task(const std::string& task, const std::string& name, bool or_none) {
-  if (!contains(tasks(), task)) throw std::invalid_argument(bad_task("'" + task + "'", name, or_none));
+  if (!contains(tasks(), task)) throw BadArgument(name, bad_task("'" + task + "'", name, or_none));
 }
 
 std::string quoted_tasks() { return quoted_list(tasks()); }
 
 void check_role(const std::string& role) {
   if (!contains(roles(), role)) {
-    throw std::invalid_argument("role must be one of " + quoted_list(roles()) + " (got '" + role + "')");
+    throw BadArgument("role", "role must be one of " + quoted_list(roles()) + " (got '" + role + "')");
   }
 }
 

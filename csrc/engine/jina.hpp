@@ -11,6 +11,9 @@ namespace jv4::jina {
 
 // The three tasks, in the reference's order.
 const std::vector<std::string>& tasks();
+// The task of a call that names none where the model serves several (the
+// official models' default, the first of tasks()).
+inline constexpr const char* kDefaultTask = "retrieval";
 // "query" / "passage" (the reference's prompt_name).
 const std::vector<std::string>& roles();
 // Trained Matryoshka widths: 128 ... 2048.
@@ -61,6 +64,12 @@ inline constexpr const char* kGgufImageMaxPixels = "clip.vision.image_max_pixels
 // task prefix: images read the same for every task and role.
 inline constexpr const char* kImagePromptBefore = "<|im_start|>user\n";
 inline constexpr const char* kImagePromptAfter = "Describe the image.<|im_end|>\n";
+// The control tokens of that prompt, each one token of the text model's
+// vocabulary (a vocabulary without them would read them as ~10 text tokens
+// and give other vectors: such a base is refused). <|image_pad|> is the
+// reference's placeholder for each image row, which the rows replace.
+inline constexpr const char* kImagePromptTokens[] = {"<|im_start|>", "<|vision_start|>", "<|image_pad|>",
+                                                     "<|vision_end|>", "<|im_end|>"};
 // (name, template) of each, as jv4._core.GGUF_KEYS holds them
 const std::vector<std::pair<std::string, std::string>>& gguf_keys();
 // a template with its one {...} placeholder replaced by value

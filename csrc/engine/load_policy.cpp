@@ -24,8 +24,6 @@ const std::vector<std::pair<std::string, ggml_type>>& kv_type_table() {
   return table;
 }
 
-constexpr int kDefaultMaxLength = 32768;  // the reference's max_length
-constexpr int kDefaultBatchTokens = 512;
 
 }  // namespace
 

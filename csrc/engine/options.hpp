@@ -17,6 +17,10 @@ inline constexpr int kMaxImageTokens = 16384;
 // cross-call batching: how long the oldest waiting call waits for others to
 // share its decode (ms; 0: no wait, calls queued meanwhile still share)
 inline constexpr double kDefaultBatchWaitMs = 0.0;
+// the longest text (tokens; capped by the trained context) and the token
+// budget of one decode, where the options give none
+inline constexpr int kDefaultMaxLength = 32768;  // the reference's max_length
+inline constexpr int kDefaultBatchTokens = 512;
 inline constexpr double kMaxBatchWaitMs = 1000.0;
 
 struct ModelOptions {

@@ -8,8 +8,10 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['GGUF_KEYS', 'MATRYOSHKA_DIMS', 'MAX_IMAGE_PIXELS', 'Model', 'ModelInfo', 'ModelLoadError', 'ModelOptions', 'ROLES', 'TASKS', 'build_info', 'check_role', 'check_task', 'decode_image', 'image_format', 'imatrix_types', 'jina_official_repo', 'jina_prefix', 'kv_cache_types', 'quantize', 'quantize_types']
+__all__: list[str] = ['ArgumentError', 'DEFAULT_BATCH_TOKENS', 'DEFAULT_MAX_LENGTH', 'DEFAULT_TASK', 'GGUF_KEYS', 'MATRYOSHKA_DIMS', 'MAX_IMAGE_PIXELS', 'Model', 'ModelInfo', 'ModelLoadError', 'ModelOptions', 'QWEN25VL_WINDOW_SIZE', 'ROLES', 'TASKS', 'build_info', 'check_role', 'check_task', 'decode_image', 'image_format', 'imatrix_types', 'jina_official_repo', 'jina_prefix', 'kv_cache_types', 'quantize', 'quantize_types']
 class ModelLoadError(RuntimeError):
+    pass
+class ArgumentError(ValueError):
     pass
 class ModelOptions:
     """
@@ -205,6 +207,10 @@ class ModelInfo:
 class Model:
     def __init__(self, path: str, options: ModelOptions = ...) -> None:
         ...
+    def check_request(self, task: str | None = None, role: str = 'query', dim: typing.SupportsInt | typing.SupportsIndex | None = None, multivector: bool = False, images: bool = False) -> dict:
+        """
+        the request policy's answer for a call with these arguments ({task, prefix, dim}), or jv4.ArgumentError (a ValueError) naming the argument in .param - as the call itself would
+        """
     def embed(self, texts: typing.Any, task: str | None = None, role: str = 'query', dim: typing.SupportsInt | typing.SupportsIndex | None = None, truncate: bool = True, progress: collections.abc.Callable | None = None) -> numpy.typing.NDArray[numpy.float32]:
         ...
     def embed_images(self, images: typing.Any, task: str | None = None, dim: typing.SupportsInt | typing.SupportsIndex | None = None, multivector: bool = False, progress: collections.abc.Callable | None = None) -> tuple:
@@ -218,10 +224,6 @@ class Model:
     def imatrix(self, texts: typing.Any, path: str, task: str | None = None, role: str = 'passage', datasets: collections.abc.Sequence[str] = [], progress: collections.abc.Callable | None = None) -> dict:
         """
         llama.cpp's importance matrix of the texts (embed's forward pass), written to path; returns {weight: tokens seen}
-        """
-    def resolve_task(self, task: str | None = None) -> str | None:
-        """
-        the task a call with this task= runs (None for models without tasks); ValueError as embed
         """
     def stats(self) -> dict:
         """
@@ -278,6 +280,20 @@ class _stages:
     """
     the engine's pure stages, for tests
     """
+    class SchedulerProbe:
+        """
+        the scheduler alone over jobs that sleep (tests)
+        """
+        def __init__(self, batch_tokens: typing.SupportsInt | typing.SupportsIndex, max_seqs: typing.SupportsInt | typing.SupportsIndex, coalesce: bool, batch_wait_ms: typing.SupportsFloat | typing.SupportsIndex = 0.0) -> None:
+            ...
+        def groups(self) -> list[list[int]]:
+            """
+            the ids of each group run, in order
+            """
+        def stats(self) -> dict:
+            ...
+        def submit(self, id: typing.SupportsInt | typing.SupportsIndex, text: bool = True, task: str = '', n_tokens: typing.SupportsInt | typing.SupportsIndex = 1, n_texts: typing.SupportsInt | typing.SupportsIndex = 1, work_ms: typing.SupportsFloat | typing.SupportsIndex = 0.0, cancel_after_ms: typing.SupportsFloat | typing.SupportsIndex | None = None, fail: bool = False) -> str:
+            ...
     @staticmethod
     def context_policy(options: ModelOptions, n_ctx_train: typing.SupportsInt | typing.SupportsIndex, hardware_threads: typing.SupportsInt | typing.SupportsIndex) -> tuple[int, int, int]:
         """
@@ -294,9 +310,14 @@ class _stages:
         queue: [(text call, task, n_tokens, n_texts)], oldest first -> (indices of the calls that run next, whether the oldest would wait for company)
         """
     @staticmethod
-    def plan_decodes(n_tokens: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], batch_tokens: typing.SupportsInt | typing.SupportsIndex, max_seqs: typing.SupportsInt | typing.SupportsIndex) -> tuple[list[int], list, int]:
+    def plan_decodes(n_tokens: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], batch_tokens: typing.SupportsInt | typing.SupportsIndex, max_seqs: typing.SupportsInt | typing.SupportsIndex) -> tuple:
         """
         (empty texts, [(clear, [(text, seq, begin, end, last)])], longest)
+        """
+    @staticmethod
+    def plan_segmented(segments: collections.abc.Sequence[collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]], batch_tokens: typing.SupportsInt | typing.SupportsIndex) -> tuple:
+        """
+        segments: each sequence's segment lengths -> as plan_decodes
         """
     @staticmethod
     def pool(hidden: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], pooling: str, dim: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float32]:
@@ -307,6 +328,11 @@ class _stages:
     def project(hidden: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], weight: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], bias: typing.Annotated[numpy.typing.ArrayLike, numpy.float32]) -> numpy.typing.NDArray[numpy.float32]:
         """
         every token's normalise(weight @ h + bias)
+        """
+    @staticmethod
+    def resolve_request(path: str, jina_v4: bool, base: bool, task_of_file: str, adapters: collections.abc.Sequence[str], projectors: collections.abc.Sequence[str], n_embd: typing.SupportsInt | typing.SupportsIndex, vision: bool, task: str | None, role: str, dim: typing.SupportsInt | typing.SupportsIndex | None, multivector: bool, images: bool) -> tuple[str, str, int, list[int]]:
+        """
+        the request policy for a model with these facts: (task, prefix, dim, allowed dims), or ArgumentError naming the argument
         """
 def build_info() -> dict:
     ...
@@ -342,9 +368,13 @@ def quantize(src: str, dst: str, type: str, n_threads: typing.SupportsInt | typi
     ...
 def quantize_types() -> list[str]:
     ...
+DEFAULT_BATCH_TOKENS: int = 512
+DEFAULT_MAX_LENGTH: int = 32768
+DEFAULT_TASK: str = 'retrieval'
 GGUF_KEYS: dict = {'base': 'jina_v4.base', 'task': 'jina_v4.task', 'source': 'jina_v4.source', 'prefix': 'jina_v4.prefix.{role}', 'projector_tasks': 'jina_v4.projector.tasks', 'projector_weight': 'multi_vector.{task}.weight', 'projector_bias': 'multi_vector.{task}.bias', 'image_min_pixels': 'clip.vision.image_min_pixels', 'image_max_pixels': 'clip.vision.image_max_pixels'}
 MATRYOSHKA_DIMS: tuple = (128, 256, 512, 1024, 2048)
 MAX_IMAGE_PIXELS: int = 178956970
+QWEN25VL_WINDOW_SIZE: int = 112
 ROLES: tuple = ('query', 'passage')
 TASKS: tuple = ('retrieval', 'text-matching', 'code')
 __version__: str = '0.1.0'
