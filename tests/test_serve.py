@@ -211,6 +211,15 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, bod
     assert server.post({"model": "jv4-test", "input": "still here"}).status_code == 200
 
 
+def test_the_engine_names_the_field_it_refused(server):
+    # the engine's refusal carries the argument's name (jv4.ArgumentError.param),
+    # which the server reports as the request's field
+    err = _error(server.post({"model": "jv4-test", "input": "x", "dimensions": 7}), 400)
+    assert err["param"] == "dimensions" and "dim must be one of" in err["message"]
+    err = _error(server.post({"model": "jv4-test", "input": "x", "dimensions": 128, "multivector": True}), 400)
+    assert err["param"] == "dimensions" and "multi-vectors are 128 wide" in err["message"]
+
+
 @pytest.mark.parametrize("key", [None, "sk-wrong"])
 def test_a_missing_or_wrong_key_is_401(server, key):
     err = _error(server.post({"model": "jv4-test", "input": "x"}, key=key), 401)
@@ -385,6 +394,7 @@ def test_serve_without_the_extra_names_it(monkeypatch):
     assert main(["serve", "x.gguf"]) == 2
 
 
+@pytest.mark.long
 def test_short_soak_loses_nothing_and_holds_memory():
     """tools/soak_serve.py, shortened (the long run, 10^5 requests, is in
     docs/benchmarks.md): every request answered, every vector the bytes of

@@ -20,7 +20,7 @@ from typing import Optional, Union
 
 from ._load import core as _core  # the compiled engine (one of several builds in a wheel)
 from ._load import dispatch as _dispatch
-from ._core import ModelLoadError
+from ._core import ArgumentError, ModelLoadError
 from ._model import Model, opt_int
 from .embedder import Embedder
 from .multivector import MultiVectors, maxsim
@@ -37,12 +37,14 @@ __all__ = [
     "Model",
     "Embedder",
     "ModelLoadError",
+    "ArgumentError",
     "ModelNotFoundError",
     "PRECISIONS",
     "quantize_embeddings",
     "calibration_ranges",
     "TASKS",
     "ROLES",
+    "DEFAULT_TASK",
     "MATRYOSHKA_DIMS",
     "build_info",
     "quantize",
@@ -59,6 +61,8 @@ __all__ = [
 # the jina-v4 rules, as compiled into the engine
 TASKS: tuple = _core.TASKS
 ROLES: tuple = _core.ROLES
+#: the task of a call that names none where a model serves several ("retrieval")
+DEFAULT_TASK: str = _core.DEFAULT_TASK
 MATRYOSHKA_DIMS: tuple = _core.MATRYOSHKA_DIMS
 QUANT_TYPES: tuple = tuple(_core.quantize_types())
 # the types llama.cpp quantizes only with an importance matrix

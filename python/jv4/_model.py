@@ -305,6 +305,12 @@ class Model(EncodeQueryDocument):
         return [self.task] if self.task else []
 
     @property
+    def is_base(self) -> bool:
+        """Whether this is a jina-v4 base model from ``jv4 convert`` (tasks
+        from its adapters) rather than a merged single-task file."""
+        return self._m.is_base
+
+    @property
     def multivector_tasks(self) -> list:
         """Tasks with a multi-vector projector loaded (``embed_multivector``)."""
         return [t for t in self._m.projector_tasks if not self._m.is_base or t in self._m.adapter_tasks]
@@ -357,6 +363,18 @@ class Model(EncodeQueryDocument):
             return "jv4.Model(<closed>)"
         return (f"jv4.Model({self._core.path!r}, task={self.task!r}, n_embd={self.n_embd}, "
                 f"pooling={self._core.pooling!r})")
+
+    def check_request(self, task: Optional[str] = None, role: str = "query", dim: Optional[int] = None, *,
+                      multivector: bool = False, images: bool = False) -> dict:
+        """What a call with these arguments would run, without running it:
+        ``{"task", "prefix", "dim"}`` (the task the call resolves to, None for
+        models without tasks; the text put in front; the output width). A
+        refused argument raises ``jv4.ArgumentError`` (a ValueError) whose
+        ``param`` names it (``"task"``, ``"role"``, ``"dim"``,
+        ``"multivector"``, ``"images"``), with the message the call itself
+        would raise. ``images=True`` checks an ``embed_images`` call."""
+        return self._m.check_request(_task_arg(task), _role_arg(role), opt_int("dim", dim), bool(multivector),
+                                     bool(images))
 
     # --- work --------------------------------------------------------------
     def embed(self, texts: Union[str, Sequence[str]], task: Optional[str] = None,
@@ -417,7 +435,7 @@ class Model(EncodeQueryDocument):
 
     def embed_multivector(self, texts: Union[str, Sequence[str]], task: Optional[str] = None,
                           role: str = "query", dim: Optional[int] = None, *, truncate: bool = True,
-                          show_progress: bool = False) -> "MultiVectors":
+                          show_progress: bool = False, progress: Optional[ProgressFn] = None) -> "MultiVectors":
         """jina-v4 multi-vector (late interaction) output: for every text, one
         L2-normalised 128-wide vector per token (the task/role prefix's tokens
         included), the multi-vector projector applied to the model's last
@@ -428,15 +446,22 @@ class Model(EncodeQueryDocument):
         ``(n_tokens_i, 128)`` float32 array (a view into one flat array,
         ``result.data``, with ``result.offsets``), and ``result.pooled`` the
         texts' single vectors (``dim`` wide) from the same forward pass.
-        Score with ``jv4.maxsim``."""
+        Score with ``jv4.maxsim``. ``progress``: a raw hook as for
+        ``embed_float32`` (instead of ``show_progress``'s bar)."""
         from .multivector import MultiVectors
 
         single = isinstance(texts, str)
         items = [texts] if single else texts
-        with embed_bar(1 if single else _len_or_none(items), enabled=bool(show_progress)) as hook:
-            pooled, data, offsets = self._m.embed_multivector(self._normalize(items), _task_arg(task),
-                                                              _role_arg(role), opt_int("dim", dim),
-                                                              bool(truncate), hook)
+
+        def run(hook):
+            return self._m.embed_multivector(self._normalize(items), _task_arg(task), _role_arg(role),
+                                             opt_int("dim", dim), bool(truncate), hook)
+
+        if progress is not None:
+            pooled, data, offsets = run(progress)
+        else:
+            with embed_bar(1 if single else _len_or_none(items), enabled=bool(show_progress)) as hook:
+                pooled, data, offsets = run(hook)
         return MultiVectors(data, offsets, pooled)
 
     @property
@@ -510,7 +535,7 @@ class Model(EncodeQueryDocument):
         ``prompt_name`` is the role (``"query"`` default, ``"passage"``) and
         ``task`` the jina-v4 task (default: the file's). What each argument
         means here, and which ones are refused: ``jv4.encode``."""
-        task = self._m.resolve_task(_task_arg(task))  # the engine's rules and messages
+        task = self.check_request(task)["task"]  # the engine's rules and messages
         return st_encode(lambda texts, role, hook: self.embed_float32(texts, task, role, progress=hook),
                          task, inputs, prompt_name, prompt, batch_size, show_progress_bar, **kwargs)
 

@@ -227,7 +227,7 @@ def _engine(a: argparse.Namespace):
     """(object with embed_float32, task to pass, loaded Model)."""
     if a.model is None:
         emb = jv4.Embedder(a.quant, **_model_kwargs(a))
-        task = a.task or "retrieval"
+        task = a.task or jv4.DEFAULT_TASK
         return emb, task, emb.model(task)
     if a.quant is not None and a.quant != DEFAULT_QUANT:
         raise UsageError("--quant applies only without -m (give -m repo:QUANT instead)")
@@ -267,8 +267,8 @@ def cmd_embed(a: argparse.Namespace) -> int:
 
 def _embed_all(a: argparse.Namespace, source: _Input, ranges: Optional[np.ndarray]) -> int:
     engine, task, model = _engine(a)
-    dim = a.dim or model.n_embd
-    model.embed_float32([], task, a.role, a.dim)  # checks task/role/dim before any output exists
+    # the request policy checks task/role/dim before any output exists
+    dim = model.check_request(task, a.role, a.dim)["dim"]
     n = source.n
     width = output_width(a.precision, dim)
     two_pass = a.precision.endswith("int8") and ranges is None
@@ -410,13 +410,14 @@ def cmd_convert(a: argparse.Namespace) -> int:
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
+    from . import server  # (needs no extra itself)
+
     try:
-        from . import server
         import uvicorn  # noqa: F401 - the extra's presence, checked before loading anything
         import starlette  # noqa: F401
         import prometheus_client  # noqa: F401
     except ImportError:
-        raise UsageError("jv4 serve needs the serve extra: pip install 'jv4[serve]'") from None
+        raise UsageError(server.SERVE_EXTRA) from None
     if a.model is not None and a.quant != DEFAULT_QUANT:
         raise UsageError("--quant applies only without MODEL (give MODEL as repo:QUANT instead)")
     for name in ("max_batch_texts", "max_request_bytes", "max_concurrency"):
@@ -441,6 +442,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import server  # its defaults (the module needs no extra)
+
     ap = _Parser(prog="jv4", description="Embeddings from jina-embeddings-v4 GGUF models, in process.")
     ap.add_argument("--version", action="version", version=f"jv4 {jv4.__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="{embed,info,quantize,imatrix,convert,serve}")
@@ -459,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a GGUF path or a Hugging Face name repo[:QUANT] (default: the official "
                         "jina-embeddings-v4 GGUF of --task)")
     e.add_argument("--quant", default=DEFAULT_QUANT, help=f"quant of the official model without -m (default {DEFAULT_QUANT})")
-    e.add_argument("--task", choices=jv4.TASKS, help="jina-v4 task (default: retrieval, or the file's own)")
+    e.add_argument("--task", choices=jv4.TASKS, help=f"jina-v4 task (default: {jv4.DEFAULT_TASK}, or the file's own)")
     e.add_argument("--role", choices=jv4.ROLES, default="query", help="query or passage (default query)")
     e.add_argument("--dim", type=int, help=f"Matryoshka width: {', '.join(map(str, jv4.MATRYOSHKA_DIMS))}")
     e.add_argument("--precision", choices=PRECISIONS, default="float32",
@@ -471,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", metavar="OUT", help="OUT.npy or OUT.jsonl (default: JSON Lines on stdout)")
     e.add_argument("--vector-field", default="embedding", help="JSON output: the vector's field (default embedding)")
     e.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
-    e.add_argument("--batch-tokens", type=int, help="token budget of one decode (default 512)")
+    e.add_argument("--batch-tokens", type=int, help=f"token budget of one decode (default {jv4._core.DEFAULT_BATCH_TOKENS})")
     e.add_argument("--flash-attn", action=argparse.BooleanOptionalAction, default=None,
                    help="llama.cpp's flash attention on or off (default: llama.cpp decides)")
     e.add_argument("--kv-cache-type", choices=jv4.KV_CACHE_TYPES, metavar="TYPE",
@@ -521,19 +524,19 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--api-key", metavar="KEY",
                     help="require 'Authorization: Bearer KEY' (default: $JV4_API_KEY, else no key)")
     sv.add_argument("--max-batch-texts", type=int, default=None, metavar="N",
-                    help="most texts in one request (default 2048, OpenAI's limit)")
+                    help=f"most texts in one request (default {server.DEFAULT_MAX_BATCH_TEXTS}, OpenAI's limit)")
     sv.add_argument("--max-request-bytes", type=int, default=None, metavar="N",
-                    help="largest request body (default 8 MiB)")
+                    help=f"largest request body (default {server.DEFAULT_MAX_REQUEST_BYTES // 2**20} MiB)")
     sv.add_argument("--max-concurrency", type=int, default=None, metavar="N",
-                    help="requests in the engine at once, more wait (default 256)")
+                    help=f"requests in the engine at once, more wait (default {server.DEFAULT_MAX_CONCURRENCY})")
     sv.add_argument("--quant", default=DEFAULT_QUANT, help=f"quant of the official models without MODEL "
                                                              f"(default {DEFAULT_QUANT})")
-    sv.add_argument("--task", choices=jv4.TASKS, help="task of requests that name none (default: retrieval, or "
+    sv.add_argument("--task", choices=jv4.TASKS, help=f"task of requests that name none (default: {jv4.DEFAULT_TASK}, or "
                                                       "the file's own)")
     sv.add_argument("--role", choices=jv4.ROLES, default="query", help="role of requests that name none "
                                                                        "(default query)")
     sv.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
-    sv.add_argument("--batch-tokens", type=int, help="token budget of one decode (default 512)")
+    sv.add_argument("--batch-tokens", type=int, help=f"token budget of one decode (default {jv4._core.DEFAULT_BATCH_TOKENS})")
     sv.add_argument("--batch-wait-ms", type=float, metavar="MS",
                     help="how long a request waits for others to share its decode (default 0)")
     sv.add_argument("--no-coalesce", action="store_true", help="run requests one by one, no shared decodes")

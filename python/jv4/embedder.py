@@ -76,7 +76,12 @@ class Embedder(EncodeQueryDocument):
         with self._lock:
             return [t for t in _core.TASKS if t in self._by_task]
 
-    def model(self, task: str = "retrieval") -> Model:
+    def loaded_models(self) -> list:
+        """The models loaded so far (each once, however many tasks map to it)."""
+        with self._lock:
+            return list(self._by_path.values())
+
+    def model(self, task: str = _core.DEFAULT_TASK) -> Model:
         """The loaded ``jv4.Model`` serving ``task`` (loaded now if it is not yet)."""
         task = self._check_task(task)
         with self._lock:
@@ -114,7 +119,7 @@ class Embedder(EncodeQueryDocument):
         return f"jv4.Embedder(quant={self.quant!r}, loaded={self.loaded_tasks})"
 
     # --- work --------------------------------------------------------------
-    def embed(self, texts: Union[str, Sequence[str]], task: str = "retrieval", role: str = "query",
+    def embed(self, texts: Union[str, Sequence[str]], task: str = _core.DEFAULT_TASK, role: str = "query",
               dim: Optional[int] = None, *, truncate: bool = True, precision: str = "float32",
               ranges: Optional[np.ndarray] = None, calibration_embeddings: Optional[np.ndarray] = None,
               show_progress: bool = False) -> np.ndarray:
@@ -126,7 +131,7 @@ class Embedder(EncodeQueryDocument):
                          texts, precision, ranges, calibration_embeddings, show_progress)
 
     def encode(self, inputs: Any = None, prompt_name: Optional[str] = None, prompt: Optional[str] = None,
-               batch_size: int = 32, show_progress_bar: Optional[bool] = None, *, task: str = "retrieval",
+               batch_size: int = 32, show_progress_bar: Optional[bool] = None, *, task: str = _core.DEFAULT_TASK,
                **kwargs: Any) -> Any:
         """sentence-transformers' ``encode`` on the model of ``task`` (default
         ``"retrieval"``); see ``Model.encode`` and ``jv4.encode``."""
@@ -134,7 +139,7 @@ class Embedder(EncodeQueryDocument):
         return st_encode(lambda texts, role, hook: model.embed_float32(texts, task, role, progress=hook),
                          task, inputs, prompt_name, prompt, batch_size, show_progress_bar, **kwargs)
 
-    def embed_images(self, images: Any, task: str = "retrieval", dim: Optional[int] = None, *,
+    def embed_images(self, images: Any, task: str = _core.DEFAULT_TASK, dim: Optional[int] = None, *,
                      precision: str = "float32", ranges: Optional[np.ndarray] = None,
                      calibration_embeddings: Optional[np.ndarray] = None, show_progress: bool = False) -> np.ndarray:
         """``Model.embed_images`` on the model of ``task``. Images need a model
@@ -144,12 +149,12 @@ class Embedder(EncodeQueryDocument):
                                              calibration_embeddings=calibration_embeddings,
                                              show_progress=show_progress)
 
-    def embed_images_multivector(self, images: Any, task: str = "retrieval", dim: Optional[int] = None, *,
+    def embed_images_multivector(self, images: Any, task: str = _core.DEFAULT_TASK, dim: Optional[int] = None, *,
                                  show_progress: bool = False):
         """``Model.embed_images_multivector`` on the model of ``task``."""
         return self.model(task).embed_images_multivector(images, task, dim, show_progress=show_progress)
 
-    def embed_float32(self, texts, task: str = "retrieval", role: str = "query",
+    def embed_float32(self, texts, task: str = _core.DEFAULT_TASK, role: str = "query",
                       dim: Optional[int] = None, *, truncate: bool = True, progress=None) -> np.ndarray:
         """``Model.embed_float32`` on the model of ``task``."""
         return self.model(task).embed_float32(texts, task, role, dim, truncate=truncate,

@@ -69,7 +69,7 @@ class JinaV4Embeddings(Embeddings):
         else:
             self.client = Model(model, **model_kwargs)
         if isinstance(self.client, Embedder) and task is None:
-            task = "retrieval"
+            task = _core.DEFAULT_TASK
         jina = isinstance(self.client, Embedder) or self.client.info["jina_v4"]
         if dim is not None and isinstance(self.client, Model) and dim not in self.client.dims:
             raise ValueError(f"dim must be one of {self.client.dims} for this model (got {dim!r})")

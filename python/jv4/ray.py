@@ -49,7 +49,7 @@ def _model_spec(model: Any, task: Optional[str]) -> str:
     if isinstance(model, Model):
         return model.path  # a loaded model cannot travel; its file can
     if model is None:
-        return f"{_core.jina_official_repo(task or 'retrieval')}:{DEFAULT_QUANT}"
+        return f"{_core.jina_official_repo(task or _core.DEFAULT_TASK)}:{DEFAULT_QUANT}"
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a GGUF path, a Hub name 'owner/name[:QUANT]', a jv4.Model or None, "
                         f"got {type(model).__name__}")

@@ -38,6 +38,7 @@ import numpy as np
 
 import jv4
 
+from .hub import DEFAULT_QUANT
 from .precision import PRECISIONS, quantize_embeddings
 
 log = logging.getLogger("jv4.serve")
@@ -46,6 +47,9 @@ DEFAULT_MAX_BATCH_TEXTS = 2048        # OpenAI's own limit on inputs a request
 DEFAULT_MAX_REQUEST_BYTES = 8 * 2**20
 DEFAULT_MAX_CONCURRENCY = 256         # requests in the engine at once; more wait their turn
 ENCODINGS = ("float", "base64")
+# the engine's argument names (jv4.ArgumentError.param) as this API's fields
+_API_PARAM = {"dim": "dimensions"}
+SERVE_EXTRA = "jv4 serve needs the serve extra: pip install 'jv4[serve]'"
 
 
 class ApiError(Exception):
@@ -96,7 +100,7 @@ class Served:
             else:
                 self.model = jv4.Model(self.spec, **self.model_kwargs)
                 if self.requested_task is not None:
-                    self.model.embed_float32([], self.requested_task)  # checks the task against the file
+                    self.model.check_request(self.requested_task)  # the task against the file
         except BaseException as e:  # noqa: BLE001 - reported by /health and every request
             self.error = e
             log.error("jv4 serve: cannot load %s: %s", self.spec or "the official models", e)
@@ -109,9 +113,9 @@ class Served:
         if self.requested_task is not None:
             return self.requested_task
         if self.spec is None:
-            return "retrieval"
-        if self.model is not None and self.model._m.is_base:
-            return "retrieval"  # a converted base: every task from it, retrieval unless asked
+            return jv4.DEFAULT_TASK
+        if self.model is not None and self.model.is_base:
+            return jv4.DEFAULT_TASK  # a converted base: every task from it, the default unless asked
         return None  # the file's own
 
     def model_for(self, task: Optional[str]) -> jv4.Model:
@@ -122,12 +126,12 @@ class Served:
             raise ApiError(503, f"the model failed to load: {self.error}", code="model_load_failed",
                            kind="server_error")
         if self.embedder is not None:
-            return self.embedder.model(task or "retrieval")
+            return self.embedder.model(task or jv4.DEFAULT_TASK)
         assert self.model is not None
         return self.model
 
     def models(self) -> list:
-        return list(self.embedder._by_path.values()) if self.embedder is not None else (
+        return self.embedder.loaded_models() if self.embedder is not None else (
             [self.model] if self.model is not None else [])
 
     def close(self) -> None:
@@ -240,11 +244,11 @@ def run_request(served: Served, req: EmbeddingRequest) -> dict:
     try:
         if req.multivector:
             if req.dim is not None:
-                raise ValueError("'dimensions' applies to single vectors; multi-vectors are 128 wide")
-            pooled, flat, offsets = model._m.embed_multivector(
-                model._normalize(req.texts), req.task, req.role, None, True, hook)
+                raise ApiError(400, "'dimensions' applies to single vectors; multi-vectors are 128 wide",
+                               param="dimensions")
+            mv = model.embed_multivector(req.texts, req.task, req.role, progress=hook)
             for i in range(len(req.texts)):
-                rows = flat[offsets[i]:offsets[i + 1]]
+                rows = mv[i]
                 item = {"object": "embedding", "index": i, "embedding": _encode(rows, req.encoding)}
                 if req.encoding == "base64":
                     item["shape"] = list(rows.shape)
@@ -256,7 +260,8 @@ def run_request(served: Served, req: EmbeddingRequest) -> dict:
             data = [{"object": "embedding", "index": i, "embedding": _encode(v, req.encoding)}
                     for i, v in enumerate(out)]
     except (ValueError, TypeError) as e:
-        param = "dimensions" if "dim" in str(e) else ("task" if "task" in str(e) else None)
+        # the engine names the argument it refused (jv4.ArgumentError.param)
+        param = _API_PARAM.get(getattr(e, "param", None), getattr(e, "param", None))
         raise ApiError(400, str(e), param=param) from None
     return {"object": "list", "data": data, "model": req.model,
             "usage": {"prompt_tokens": tokens[0], "total_tokens": tokens[0]}}
@@ -341,7 +346,7 @@ def build_app(served: Served, options: ServerOptions):
         from starlette.responses import JSONResponse, Response
         from starlette.routing import Route
     except ImportError as e:  # pragma: no cover - the extra's own check
-        raise ImportError("jv4 serve needs the serve extra: pip install 'jv4[serve]'") from e
+        raise ImportError(SERVE_EXTRA) from e
 
     metrics = Metrics(served)
     limiter = anyio.CapacityLimiter(options.max_concurrency)
@@ -455,7 +460,7 @@ def build_app(served: Served, options: ServerOptions):
     return app
 
 
-def serve(spec: Optional[str], *, host: str = "127.0.0.1", port: int = 8080, quant: str = "Q4_K_M",
+def serve(spec: Optional[str], *, host: str = "127.0.0.1", port: int = 8080, quant: str = DEFAULT_QUANT,
           task: Optional[str] = None, options: Optional[ServerOptions] = None, model_kwargs: Optional[dict] = None,
           log_level: str = "info") -> None:
     """Runs the server until SIGINT/SIGTERM (uvicorn's handlers: the listener
@@ -463,7 +468,7 @@ def serve(spec: Optional[str], *, host: str = "127.0.0.1", port: int = 8080, qua
     try:
         import uvicorn
     except ImportError as e:
-        raise ImportError("jv4 serve needs the serve extra: pip install 'jv4[serve]'") from e
+        raise ImportError(SERVE_EXTRA) from e
     served = Served(spec, quant, task, {"coalesce": True, **(model_kwargs or {})})
     app = build_app(served, options or ServerOptions())
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=60,
