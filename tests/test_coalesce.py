@@ -175,7 +175,16 @@ def _texts():
     return [t for t in CORPUS if t] + [("word " * 70 + str(i)) for i in range(4)] + ["passage " * 150]
 
 
-@pytest.mark.parametrize("dtype, batches", [("F32", 1000), ("F16", 150), ("Q8_0", 150), ("Q4_K_M", 300)])
+# Many batch compositions once, on the source build (`long`), where the
+# default kernels are shown to differ (so the test can fail); a few at every
+# CPU level a wheel carries (`numerics`: each level's kernels are other code).
+LONG = pytest.mark.long
+BATCHES = [pytest.param("F32", 1000, marks=LONG), pytest.param("F16", 150, marks=LONG),
+           pytest.param("Q8_0", 150, marks=LONG), pytest.param("Q4_K_M", 300, marks=LONG),
+           ("F32", 100), ("F16", 20), ("Q8_0", 30), ("Q4_K_M", 50)]
+
+
+@pytest.mark.parametrize("dtype, batches", BATCHES)
 @pytest.mark.numerics
 def test_batch_invariant_vectors_are_the_same_bytes_in_any_batch(make_gguf, dtype, batches):
     texts = _texts()
@@ -189,7 +198,7 @@ def test_batch_invariant_vectors_are_the_same_bytes_in_any_batch(make_gguf, dtyp
 
     # the default kernels do depend on the batch (so this test can fail) ...
     _, default = worst(jv4.Model(str(make_gguf(dtype=dtype))))
-    assert default > 0
+    assert default > 0 or batches < 150  # (a few batches need not show it)
     # ... the batch-invariant ones do not, to the byte
     # (on x86, F16 held as BF16 and Q8_0 keep jv4's repacked kernels where the CPU
     # has them; llama.cpp's own repacks, e.g. for Q4_K, stay off)
