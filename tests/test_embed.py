@@ -217,6 +217,12 @@ def test_other_gguf_models_use_their_own_pooling_and_no_prefix(vocab, weights, m
     ids = [ref_tokenizer.encode(t, add_special_tokens=False).ids for t in texts]  # no prefix
     want = mg.reference_embed(hf_model, ids, dim=100, pooling="last" if pooling == 3 else "mean")
     assert cosines(got, want).min() >= 0.99999
+    # a text of no tokens (no prefix, no BOS here) gives zeros and leaves the
+    # other texts' decodes as they are without it
+    assert len(m.tokenize("")) == 0
+    with_empty = m.embed(["", *texts[:6]])
+    assert not with_empty[0].any()
+    assert with_empty[1:].tobytes() == m.embed(texts[:6]).tobytes()
     with pytest.raises(ValueError, match="only to jina-embeddings-v4"):
         m.embed(["x"], task="retrieval")
     with pytest.raises(ValueError, match="only to jina-embeddings-v4"):

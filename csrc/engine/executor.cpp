@@ -164,7 +164,7 @@ void Executor::Session::run(const std::vector<Sequence>& seqs) {
   const size_t n = seqs.size();
   bool segmented = false, any_multi = false;
   for (const Sequence& s : seqs) {
-    segmented = segmented || s.segments.size() != 1 || s.segments[0].tokens == nullptr;
+    segmented = segmented || s.segments.size() != 1 || s.segments[0].rows != nullptr;
     any_multi = any_multi || s.multi != nullptr;
   }
   const Projector* proj = any_multi ? &ex.cfg_.projectors->at(task_) : nullptr;
@@ -211,7 +211,7 @@ void Executor::Session::run(const std::vector<Sequence>& seqs) {
     const auto [seg0, off0] = locate(first, d.spans[0].begin);
     llama_batch batch;
     int8_t* wanted = nullptr;
-    if (seg0->tokens != nullptr) {
+    if (seg0->rows == nullptr) {
       batch = batches.tokens;
       batch.n_tokens = 0;
       for (const Span& sp : d.spans) {

@@ -46,8 +46,8 @@ struct MultiOutput {
 // A run of one sequence's positions decoded the same way: tokens, or rows of
 // the model's input width with 4 M-RoPE position streams (t, y, x, z).
 struct Segment {
-  const int32_t* tokens = nullptr;  // n token ids at positions pos0 .. pos0 + n - 1
-  const float* rows = nullptr;      // or n embedding rows
+  const int32_t* tokens = nullptr;  // n token ids at positions pos0 .. pos0 + n - 1 (n may be 0)
+  const float* rows = nullptr;      // or n embedding rows (a rows segment: rows != nullptr)
   const int32_t* pos4 = nullptr;    // with rows: 4 x n positions, stream by stream
   int n = 0;
   int pos0 = 0;
