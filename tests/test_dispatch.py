@@ -62,7 +62,8 @@ def test_build_info_says_what_was_loaded_and_why():
 def _levels_here() -> list:
     d = jv4.build_info()["dispatch"]
     if d["loaded"] == "_core":
-        pytest.skip("this jv4 is a source build with one module (no per-level builds to dispatch between)")
+        pytest.skip("this jv4 is a source build with one module (no per-level builds to dispatch between); "
+                    "the wheel's tiers in .ci/wheel run it")
     return [lvl for lvl in d["available"] if lvl in d["supported"]]
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,7 @@ def _configure(build: Path, baseline: str, sde: str | None) -> tuple[dict, dict]
     if sde is not None:
         env["SOURCE_DATE_EPOCH"] = sde
     proc = subprocess.run(
-        [CMAKE, "-S", str(ROOT), "-B", str(build), "-G", "Ninja" if _has_ninja() else "Unix Makefiles",
+        [CMAKE, "-S", str(ROOT), "-B", str(build), "-G", "Ninja" if shutil.which("ninja") else "Unix Makefiles",
          f"-DJV4_CPU_BASELINE={baseline}", "-DCMAKE_BUILD_TYPE=Release", "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON",
          f"-DPython_EXECUTABLE={sys.executable}", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}"],
         env=env, capture_output=True, text=True)
@@ -56,12 +57,6 @@ def _configure(build: Path, baseline: str, sde: str | None) -> tuple[dict, dict]
         words = entry.get("command") or " ".join(entry["arguments"])
         commands[entry["file"]] = words.replace(str(build), "<build>")
     return cache, commands
-
-
-def _has_ninja() -> bool:
-    import shutil
-
-    return shutil.which("ninja") is not None
 
 
 def test_source_date_epoch_configures_the_same_cpu_code(tmp_path):

@@ -20,7 +20,7 @@ def test_the_checked_in_stub_is_the_generated_one():
     loaded = jv4.build_info()["dispatch"]["loaded"]
     if loaded != "_core":
         pytest.skip(f"this jv4 is a per-level wheel build ({loaded}); the stub is generated from a "
-                    "source build's single _core module")
+                    "source build's single _core module, where this test runs (.ci/run's first tier)")
     # pybind11-stubgen is in the test extra: missing, it is a broken test environment, not a skip
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "stubgen.py"), "--check"],
                           capture_output=True, text=True)

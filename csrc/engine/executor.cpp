@@ -5,7 +5,6 @@
 #include "engine/executor.hpp"
 
 #include <algorithm>
-#include <numeric>
 #include <stdexcept>
 
 #include "engine/batch_plan.hpp"
@@ -63,12 +62,6 @@ std::pair<const Segment*, int> locate(const Sequence& s, int p) {
 }
 
 }  // namespace
-
-int Sequence::length() const {
-  int n = 0;
-  for (const Segment& s : segments) n += s.n;
-  return n;
-}
 
 Executor::Executor(ExecutorConfig cfg) : cfg_(std::move(cfg)) {
   // llama.cpp sizes its output buffer by max(n_outputs, n_seq_max) and

@@ -64,14 +64,13 @@ struct Sequence {
   size_t index = 0;              // its index in its call (messages, rows)
   Progress* progress = nullptr;
   std::exception_ptr* error = nullptr;  // the first error of its call
-  int length() const;
 };
 
 struct ExecutorConfig {
   llama_model* model = nullptr;
   std::string path;  // messages
   int n_embd = 0, n_embd_inp = 0;
-  int batch_tokens = 512, n_threads = 1;
+  int batch_tokens = 0, n_threads = 0;  // as the context policy decided (load_policy.hpp)
   std::optional<bool> flash_attn;
   int kv_type = 0;  // ggml_type of the KV cache
   bool batch_invariant = false;  // patch 0011's reference kernels

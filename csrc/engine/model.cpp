@@ -69,6 +69,9 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
         decide_context(opts, info_.n_ctx_train, static_cast<int>(std::thread::hardware_concurrency()));
     info_.max_length = ctx.max_length;
     info_.n_threads = ctx.n_threads;
+    info_.coalesce = opts.coalesce.value_or(false);
+    info_.batch_wait_ms = opts.batch_wait_ms.value_or(kDefaultBatchWaitMs);
+    info_.batch_invariant = opts.batch_invariant.value_or(false);
     ExecutorConfig cfg;
     cfg.model = model_;
     cfg.path = path_;
@@ -78,7 +81,7 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
     cfg.n_threads = ctx.n_threads;
     cfg.flash_attn = opts.flash_attn;
     cfg.kv_type = kv_cache_type_of(info_.kv_cache_type);
-    cfg.batch_invariant = opts.batch_invariant.value_or(false);
+    cfg.batch_invariant = info_.batch_invariant;
     cfg.adapters = &adapters_;
     cfg.projectors = &projectors_;
     executor_ = std::make_unique<Executor>(cfg);
@@ -180,9 +183,6 @@ void Model::gather_info(const ModelOptions& opts) {
   i.n_gpu_layers = policy_.n_gpu_layers;
   i.main_gpu = policy_.main_gpu;
   i.flash_attn = !opts.flash_attn ? "auto" : *opts.flash_attn ? "on" : "off";
-  i.coalesce = opts.coalesce.value_or(false);
-  i.batch_wait_ms = opts.batch_wait_ms.value_or(kDefaultBatchWaitMs);
-  i.batch_invariant = opts.batch_invariant.value_or(false);
   if (vision_) {
     i.mmproj = opts.mmproj;
     i.image_min_tokens = vision_->min_tokens();

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -453,15 +454,12 @@ class Model(EncodeQueryDocument):
         single = isinstance(texts, str)
         items = [texts] if single else texts
 
-        def run(hook):
-            return self._m.embed_multivector(self._normalize(items), _task_arg(task), _role_arg(role),
-                                             opt_int("dim", dim), bool(truncate), hook)
-
-        if progress is not None:
-            pooled, data, offsets = run(progress)
-        else:
-            with embed_bar(1 if single else _len_or_none(items), enabled=bool(show_progress)) as hook:
-                pooled, data, offsets = run(hook)
+        hooked = contextlib.nullcontext(progress) if progress is not None else \
+            embed_bar(1 if single else _len_or_none(items), enabled=bool(show_progress))
+        with hooked as hook:
+            pooled, data, offsets = self._m.embed_multivector(self._normalize(items), _task_arg(task),
+                                                              _role_arg(role), opt_int("dim", dim),
+                                                              bool(truncate), hook)
         return MultiVectors(data, offsets, pooled)
 
     @property

@@ -261,7 +261,8 @@ def run_request(served: Served, req: EmbeddingRequest) -> dict:
                     for i, v in enumerate(out)]
     except (ValueError, TypeError) as e:
         # the engine names the argument it refused (jv4.ArgumentError.param)
-        param = _API_PARAM.get(getattr(e, "param", None), getattr(e, "param", None))
+        param = getattr(e, "param", None)
+        param = _API_PARAM.get(param, param)
         raise ApiError(400, str(e), param=param) from None
     return {"object": "list", "data": data, "model": req.model,
             "usage": {"prompt_tokens": tokens[0], "total_tokens": tokens[0]}}
