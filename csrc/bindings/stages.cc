@@ -153,6 +153,8 @@ void register_stages(py::module_& parent) {
         out["cpu_only"] = p.cpu_only;
         out["f16_as_bf16"] = p.f16_as_bf16;
         out["repack"] = p.repack;
+        out["tower_f16_as_bf16"] = p.tower_f16_as_bf16;
+        out["tower_repack"] = p.tower_repack;
         out["load_mode"] = p.load_mode();
         out["kv_cache_type"] = jv4::decide_kv_cache_type(p, build, options, ftype_named(file_type));
         return out;

@@ -156,6 +156,13 @@ LoadPolicy decide_load(const FileFacts& file, const BuildFacts& build, const Mod
     p.mmap = false;
     if (build.avx512_bf16) repackable = true;
   }
+  // The vision tower (patch 0013): its matrices are F32, F16, BF16 or Q8_0
+  // (vision.cpp), so its repacked kernels on x86 are jv4's (0004, 0005), the
+  // ones the text weights use; off x86 unmeasured, so off. F16 as BF16 by
+  // the same rule as the text weights. Images run alone, never batched, so
+  // batch_invariant does not concern them. With a GPU the tower goes there.
+  p.tower_f16_as_bf16 = p.cpu_only && opts.f16_as_bf16.value_or(build.avx512_bf16);
+  p.tower_repack = p.cpu_only && opts.repack.value_or(build.x86);
   // batch_invariant: llama.cpp's repacked GEMM (several rows) and GEMV (one)
   // round differently, so their layouts stay off (above)
   const bool invariant = opts.batch_invariant.value_or(false);

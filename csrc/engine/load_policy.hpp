@@ -33,6 +33,10 @@ struct LoadPolicy {
   bool f16_as_bf16 = false;      // F16 matrices held as BF16 (patch 0008)
   bool repack = false;           // llama.cpp's CPU repacked layouts allowed
   bool mmap = true;              // map the file; false: read it (repacked or converted weights are copies)
+  // the vision tower (an mmproj, read, never mapped): its F16 matrices held as
+  // BF16 and its matrices in the CPU's repacked layouts (patch 0013)
+  bool tower_f16_as_bf16 = false;
+  bool tower_repack = false;
   std::string load_mode() const { return mmap ? "mmap" : "read"; }
 };
 

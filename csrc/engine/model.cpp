@@ -187,6 +187,8 @@ void Model::gather_info(const ModelOptions& opts) {
     i.mmproj = opts.mmproj;
     i.image_min_tokens = vision_->min_tokens();
     i.image_max_tokens = vision_->max_tokens();
+    i.image_f16_as_bf16 = policy_.tower_f16_as_bf16;
+    i.image_repack = policy_.tower_repack;
   }
   // what the request policy checks calls against
   facts_.path = path_;

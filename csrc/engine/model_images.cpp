@@ -21,7 +21,8 @@ void Model::load_vision(const ModelOptions& opts) {
   }
   const bool gpu = !policy_.cpu_only;  // the tower goes where the text model's layers go
   vision_ = std::make_unique<Vision>(*opts.mmproj, model_, llama_model_n_embd_inp(model_), info_.n_threads,
-                                     opts.image_min_tokens, opts.image_max_tokens, gpu);
+                                     opts.image_min_tokens, opts.image_max_tokens, gpu, policy_.tower_f16_as_bf16,
+                                     policy_.tower_repack);
 }
 
 void Model::embed_images(const std::vector<ImageInput>& images, const Request& req, float* out,

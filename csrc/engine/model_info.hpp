@@ -36,6 +36,7 @@ struct ModelInfo {
   // image input: the vision tower loaded and its image budget (merged tokens)
   std::optional<std::string> mmproj;
   std::optional<int> image_min_tokens, image_max_tokens;
+  std::optional<bool> image_f16_as_bf16, image_repack;  // how the tower's matrices are held
 };
 
 }  // namespace jv4

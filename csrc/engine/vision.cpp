@@ -285,7 +285,8 @@ void check_prompt_tokens(const std::string& mmproj, const llama_model* text) {
 }  // namespace
 
 Vision::Vision(const std::string& mmproj, const llama_model* text, int n_embd_text, int n_threads,
-               std::optional<int> min_tokens, std::optional<int> max_tokens, bool use_gpu)
+               std::optional<int> min_tokens, std::optional<int> max_tokens, bool use_gpu, bool f16_as_bf16,
+               bool repack)
     : path_(mmproj) {
   facts_ = check_mmproj(mmproj, n_embd_text);
   if (llama_model_rope_type(text) != LLAMA_ROPE_TYPE_MROPE) {
@@ -310,6 +311,8 @@ Vision::Vision(const std::string& mmproj, const llama_model* text, int n_embd_te
   p.image_min_tokens = min_tokens_;
   p.image_max_tokens = max_tokens_;
   p.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_AUTO;
+  p.jv4_f16_as_bf16 = f16_as_bf16;  // patch 0013
+  p.jv4_repack_weights = repack;
   take_thread_errors();
   ctx_ = mtmd_init_from_file(mmproj.c_str(), text, p);
   if (ctx_ == nullptr) {

@@ -60,9 +60,11 @@ struct ImagePrompt {
 class Vision {
  public:
   // min/max_tokens: the image budget in merged tokens (none: the file's
-  // pixel budget, else llama.cpp's 8..4096)
+  // pixel budget, else llama.cpp's 8..4096); f16_as_bf16 / repack: how the
+  // tower's matrices are held on the CPU (LoadPolicy's tower_* decisions)
   Vision(const std::string& mmproj, const llama_model* text, int n_embd_text, int n_threads,
-         std::optional<int> min_tokens, std::optional<int> max_tokens, bool use_gpu);
+         std::optional<int> min_tokens, std::optional<int> max_tokens, bool use_gpu, bool f16_as_bf16,
+         bool repack);
   ~Vision();
   Vision(const Vision&) = delete;
   Vision& operator=(const Vision&) = delete;

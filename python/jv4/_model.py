@@ -112,7 +112,10 @@ class Model(EncodeQueryDocument):
         unrepacked, measured); llama.cpp's default otherwise. When weights
         are repacked the file is read rather than memory-mapped, so that
         they are held once. ``info["repack"]`` and
-        ``info["load_mode"]`` say what was chosen.
+        ``info["load_mode"]`` say what was chosen. The vision tower's
+        matrices (``mmproj``) are repacked by the same option (default: on
+        x86, where its F16/BF16/Q8_0 kernels are jv4's);
+        ``info["image_repack"]``.
     n_gpu_layers: in a build with a GPU backend (CUDA, Metal), how many layers
         go to the GPU (default None: all; 0: none). No effect where there is
         no GPU.
@@ -129,7 +132,8 @@ class Model(EncodeQueryDocument):
         the file is read (then not memory-mapped). Default None: on where
         the build's CPU code has AVX512-BF16 and no layer goes to a GPU (there
         the BF16 kernels are the fast ones; the reference computes in bf16);
-        ``False`` keeps F16. ``info["f16_as_bf16"]`` says what was chosen.
+        ``False`` keeps F16. ``info["f16_as_bf16"]`` says what was chosen;
+        the vision tower follows the same rule (``info["image_f16_as_bf16"]``).
     flash_attn: llama.cpp's flash attention on (True) or off (False). Default
         None: llama.cpp decides (on the CPU it turns it on). Off, attention
         holds a score matrix of batch_tokens x text length per head.
