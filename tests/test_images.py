@@ -177,6 +177,23 @@ def test_single_vectors_match_transformers_f16(folders, ref):
 
 
 @pytest.mark.numerics
+def test_the_f16_tower_held_as_bf16_and_repacked_keeps_the_f32_towers_vectors(folders, model):
+    # The F32 text model with the F16 file's tower: held as BF16 and repacked
+    # (the default where the build's CPU code has AVX512-BF16, asked for here
+    # so that every build runs it) and kept F16 unrepacked, each against the
+    # F32 tower; images with edge windows of every kind (SIZES)
+    mm16 = folders["f16"][0] / folders["f16"][1]["mmproj"]
+    imgs = [picture(w, h) for w, h in SIZES]
+    for f16_as_bf16, repack in ((True, True), (False, False)):
+        m = jv4.Model(folders["f32"][0], mmproj=mm16, f16_as_bf16=f16_as_bf16, repack=repack)
+        assert (m.info["image_f16_as_bf16"], m.info["image_repack"]) == (f16_as_bf16, repack)
+        for task in cg.TASKS:
+            got, want = m.embed_images(imgs, task=task), model.embed_images(imgs, task=task)
+            for (w, h), g, r in zip(SIZES, got, want):
+                assert cos(g, r) >= 0.9999, f"{w}x{h} {task} f16_as_bf16={f16_as_bf16}: cos {cos(g, r)}"
+
+
+@pytest.mark.numerics
 def test_multivectors_match_transformers_per_token(model, ref):
     imgs = [PIL.fromarray(picture(w, h)) for w, h in SIZES[:3]]
     mv = model.embed_images_multivector(imgs, task="retrieval")

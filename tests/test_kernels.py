@@ -248,8 +248,11 @@ static ggml_bf16_t bf16_of(float f) { uint32_t u; memcpy(&u, &f, 4); ggml_bf16_t
 static double value(ggml_bf16_t b) { uint32_t u = (uint32_t) b.bits << 16; float f; memcpy(&f, &u, 4); return f; }
 int main() {
     // (columns, weight rows, tokens): one column pair; v4's widths; token
-    // counts that leave every tail (12, 4, 1 at a time); 16-row remainders
-    const int shapes[][3] = {{2, 16, 1}, {64, 32, 12}, {2048, 48, 13}, {11008, 32, 4}, {256, 16, 29}, {96, 80, 20}};
+    // counts that leave every tail (12, 4, 1 at a time); 16-row remainders;
+    // row counts that leave rows past the last block of 16 (the vision
+    // tower's 3420), with column counts that are not a multiple of 32
+    const int shapes[][3] = {{2, 16, 1}, {64, 32, 12}, {2048, 48, 13}, {11008, 32, 4}, {256, 16, 29}, {96, 80, 20},
+                             {1280, 44, 13}, {3420, 28, 5}, {18, 7, 3}, {2, 1, 1}};
     for (auto & sh : shapes) {
         const int n = sh[0], nc = sh[1], nr = sh[2];
         for (int ints = 0; ints < 2; ints++) {  // ints: small integers, every sum exact in fp32

@@ -82,6 +82,31 @@ def test_decisions(file, build, options, expected):
     assert (got["repack"], got["f16_as_bf16"], got["load_mode"], got["kv_cache_type"]) == expected
 
 
+# The vision tower (an mmproj; its matrices F32, F16, BF16 or Q8_0): F16 held as
+# BF16 by the text weights' rule, repacked on x86 (jv4's kernels) unless
+# repack=False, both only when it runs on the CPU (docs/usage.md, "Images").
+# (build, options) -> (tower_f16_as_bf16, tower_repack), whatever the text file holds
+TOWER = [
+    (AVX512, {}, (True, True)),
+    (AVX512, {"f16_as_bf16": False}, (False, True)),
+    (AVX512, {"repack": False}, (True, False)),
+    (AVX512, {"batch_invariant": True}, (True, True)),
+    (AVX2, {}, (False, True)),
+    (AVX2, {"f16_as_bf16": True}, (True, True)),
+    (ARM, {}, (False, False)),
+    (ARM, {"repack": True}, (False, True)),
+    (GPU, {}, (False, False)),
+    (GPU, {"n_gpu_layers": 0}, (True, True)),
+]
+
+
+@pytest.mark.parametrize("build, options, expected", TOWER)
+@pytest.mark.parametrize("file", [F32, Q4_K_M], ids=["F32", "Q4_K_M"])
+def test_tower_decisions(file, build, options, expected):
+    got = _decide(file, build, options)
+    assert (got["tower_f16_as_bf16"], got["tower_repack"]) == expected
+
+
 def test_gpu_layers_and_the_main_gpu():
     got = _decide(Q4_K_M, GPU, {})
     assert (got["n_gpu_layers"], got["main_gpu"], got["cpu_only"]) == (-1, None, False)

@@ -127,10 +127,16 @@ class ModelInfo:
     def flash_attn(self) -> str:
         ...
     @property
+    def image_f16_as_bf16(self) -> bool | None:
+        ...
+    @property
     def image_max_tokens(self) -> int | None:
         ...
     @property
     def image_min_tokens(self) -> int | None:
+        ...
+    @property
+    def image_repack(self) -> bool | None:
         ...
     @property
     def jina_v4(self) -> bool:
