@@ -22,7 +22,8 @@ the engines alternating over `--rounds` rounds; medians are reported. Each
 row has the FLOPs of the page (vision tower and text model, counted from the
 shapes) and the rates they ran at, beside jv4's text rate from the same
 round (a text of as many tokens as the page's prompt, embedded by jv4) and
-the time the page's FLOPs would take at that rate.
+the time the page's FLOPs would take at that rate. `jv4-vdpbf16` is jv4 with
+its BF16 kernel's AMX path turned off (JV4_BF16_AMX=0), for AMX CPUs.
 
     python bench/images.py --shape v4 --sizes 448x448,896x896 --images 1 --rounds 2 \
         --peers transformers-bf16,transformers-fp32
@@ -105,6 +106,11 @@ def picture(w: int, h: int, seed: int) -> np.ndarray:
     y = np.linspace(0, 1, h)[:, None, None]
     v = 0.5 + 0.4 * np.sin(9 * x + 5 * y + np.arange(3)) + 0.1 * rng.standard_normal((h, w, 3))
     return (255 * np.clip(v, 0, 1)).astype(np.uint8)
+
+
+# the engines --peers takes: jv4 with its BF16 kernel's AMX path off
+# (JV4_BF16_AMX=0), transformers in bf16 and in fp32
+PEERS = ("jv4-vdpbf16", "transformers-bf16", "transformers-fp32")
 
 
 def prompt_tokens(n_image: int) -> int:
@@ -256,7 +262,8 @@ def compare(args, sizes) -> None:
                    str(args.images), "--image-max-tokens", str(args.image_max_tokens), "--worker", e]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
-            res = subprocess.run(cmd, check=True, capture_output=True, text=True)
+            env = dict(os.environ, JV4_BF16_AMX="0") if e == "jv4-vdpbf16" else None
+            res = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
             runs[e].append(json.loads(res.stdout.strip().splitlines()[-1]))
             print(f"round {r + 1} {e}: " + json.dumps({k: v for k, v in runs[e][-1].items() if k != "info"}),
                   flush=True)
@@ -279,9 +286,11 @@ def compare(args, sizes) -> None:
             if int(p["n_image"]) != int(j["n_image"]):
                 raise SystemExit(f"{e} made {p['n_image']} image tokens of {key}, jv4 {j['n_image']}")
             row[f"{e}_s"] = round(p["page_s"], 2)
+            row[f"jv4_speed_vs_{e}"] = round(p["page_s"] / j["page_s"], 2)
+            if "tower_s" not in p:
+                continue
             row[f"{e}_tower_s"] = round(p["tower_s"], 2)
             row[f"{e}_tower_tflops"] = round(fl["tower"] / p["tower_s"] / 1e12, 3)
-            row[f"jv4_speed_vs_{e}"] = round(p["page_s"] / j["page_s"], 2)
         rows.append(row)
         print(json.dumps(row), flush=True)
     import platform
@@ -312,7 +321,7 @@ def main() -> None:
                     help="the budget (default 1280 tokens: transformers' Qwen2-VL max_pixels)")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--peers", default="",
-                    help="also time these engines (transformers-bf16, transformers-fp32), alternating")
+                    help="also time these engines, alternating: " + ", ".join(PEERS))
     ap.add_argument("--rounds", type=int, default=2, help="rounds of every engine, with --peers")
     ap.add_argument("--make-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -322,13 +331,13 @@ def main() -> None:
         return
     sizes = [tuple(int(x) for x in size.lower().split("x")) for size in args.sizes.split(",")]
     if args.worker:
-        res = (worker_jv4(args, sizes) if args.worker == "jv4"
+        res = (worker_jv4(args, sizes) if args.worker.startswith("jv4")
                else worker_transformers(args, sizes, args.worker.split("-")[1]))
         print(json.dumps(res), flush=True)
         return
     for p in filter(None, args.peers.split(",")):
-        if p not in ("transformers-bf16", "transformers-fp32"):
-            ap.error(f"--peers: unknown engine {p!r} (transformers-bf16, transformers-fp32)")
+        if p not in PEERS:
+            ap.error(f"--peers: unknown engine {p!r} ({', '.join(PEERS)})")
     # the models are made in a child process, so that this one's peak RSS is the engine's
     import subprocess
 

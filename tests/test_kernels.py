@@ -9,6 +9,7 @@ which the patch leaves alone)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -133,15 +134,20 @@ static int finish() {
 """
 
 
-def _run_harness(tmp_path: Path, name: str, harness: str, kernel: str, flags: list) -> None:
-    """Compile one harness around a kernel (its #include) and require no mismatch."""
+def _run_harness(tmp_path: Path, name: str, harness: str, kernel: str, flags: list, envs=({},)) -> list:
+    """Compile one harness around a kernel (its #include) and require no
+    mismatch, once with each of `envs` added to the environment; the outputs."""
     program = tmp_path / f"{name}.cpp"
     program.write_text(_HARNESS_COMMON + harness.replace("KERNEL", kernel, 1))
     exe = tmp_path / name
     subprocess.run(["c++", "-O2", "-std=c++17", *flags, "-o", str(exe), str(program)], check=True)
-    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout
-    assert "mismatches 0" in out.stdout
+    outs = []
+    for env in envs:
+        out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+        assert out.returncode == 0, (env, out.stdout)
+        assert "mismatches 0" in out.stdout, (env, out.stdout)
+        outs.append(out.stdout)
+    return outs
 
 
 def _kernel_source(name: str, marker: str) -> str:
@@ -277,9 +283,16 @@ int main() {
                 check_both(S, G, bs, t, c, ref, mag, ints, shape);
             }
             check_untouched(S, nr, nc, bs);
+            // a token's result does not depend on the tokens beside it (batch invariance)
+            for (int t = 0; t < nr; t++)
+                if (memcmp(&S[(size_t) t * bs], &G[(size_t) t * bs], nc * sizeof(float)) != 0 && bad++ < 5)
+                    printf("%s: token %d differs between the GEMM and one token alone\n", shape, t);
             printf("%s: worst relative error so far %.3g\n", shape, worst);
         }
     }
+#if defined(JV4_BF16_AMX)
+    printf("amx %s\n", jv4_amx_on() ? "on" : "off");
+#endif
     return finish();
 }
 """
@@ -295,8 +308,16 @@ def test_bf16_dot_product_kernel_matches_exact_sums(tmp_path):
     # integer values make every sum exact, so the results must be equal;
     # otherwise within float rounding (1e-5 of the sum of the terms'
     # magnitudes).
+    # Where the CPU has AMX-BF16 the tile path runs by default; it runs as
+    # well with JV4_BF16_AMX=0 (vdpbf16ps alone), and both must hold. Either
+    # way a token's result is the same bits in the GEMM and alone.
     kernel = _kernel_source("jv4-bf16-dp.inc", "_mm512_dpbf16_ps")
-    _run_harness(tmp_path, "bf16_dp", _BF16_HARNESS, kernel, ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16"])
+    outs = _run_harness(tmp_path, "bf16_dp", _BF16_HARNESS, kernel,
+                        ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16"],
+                        envs=({}, {"JV4_BF16_AMX": "0"}))
+    if sys.platform == "linux" and _cpu_has("amx_bf16") and _cpu_has("amx_tile"):
+        assert "amx on" in outs[0], outs[0][-300:]
+    assert "amx on" not in outs[1]
 
 
 _FA_DP_HARNESS = r"""
