@@ -67,6 +67,28 @@ def test_default_build_never_compiles_amx():
     assert "AMX_INT8" not in info["cpu_features"]
 
 
+def _cpu_flags() -> set:
+    try:
+        return set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return set()
+
+
+def test_bf16_kernel_uses_amx_where_it_can_and_not_when_told():
+    # jv4's own BF16 kernel (patch 0005) takes AMX tiles at run time: on Linux,
+    # in a build with AVX512-BF16, on a CPU with AMX-TILE and AMX-BF16
+    # (docs/usage.md, "jv4.build_info()"); JV4_BF16_AMX=0 keeps it off.
+    info = jv4.build_info()
+    can = (sys.platform == "linux" and "AVX512_BF16" in info["cpu_features"]
+           and {"amx_tile", "amx_bf16"} <= _cpu_flags())
+    assert info["bf16_amx"] is can
+    code = "import jv4; print(jv4.build_info()['bf16_amx'])"
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "JV4_BF16_AMX": "0"})
+    assert off.returncode == 0, off.stderr
+    assert off.stdout.strip() == "False"
+
+
 @pytest.mark.smoke
 def test_module_links_no_llama_or_ggml_shared_library():
     if not sys.platform.startswith("linux"):

@@ -30,6 +30,7 @@ void register_info(py::module_& m) {
     d["devices"] = b.devices;
     d["cpu_baseline"] = b.cpu_baseline;
     d["cpu_features"] = b.cpu_features;
+    d["bf16_amx"] = b.bf16_amx;
     d["system_info"] = b.system_info;
     return d;
   });

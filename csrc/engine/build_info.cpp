@@ -6,6 +6,8 @@
 #include "ggml-cpu.h"
 #include "llama.h"
 
+extern "C" int jv4_bf16_amx_active(void);  // patch 0005 (repack.cpp)
+
 namespace jv4 {
 
 BuildInfo build_info() {
@@ -54,6 +56,7 @@ BuildInfo build_info() {
   for (const auto& f : features) {
     if (f.has()) b.cpu_features.emplace_back(f.name);
   }
+  b.bf16_amx = jv4_bf16_amx_active() != 0;
   b.system_info = llama_print_system_info();
   return b;
 }

@@ -16,6 +16,7 @@ struct BuildInfo {
   std::vector<std::string> backends;
   std::vector<std::string> devices;
   std::vector<std::string> cpu_features;
+  bool bf16_amx = false;  // jv4's BF16 kernel runs on AMX tiles in this process (patch 0005)
   std::string system_info;
 };
 
