@@ -193,6 +193,134 @@ def test_the_f16_tower_held_as_bf16_and_repacked_keeps_the_f32_towers_vectors(fo
                 assert cos(g, r) >= 0.9999, f"{w}x{h} {task} f16_as_bf16={f16_as_bf16}: cos {cos(g, r)}"
 
 
+# --- the tower quantized (jv4.quantize on an mmproj) ------------------------------
+def _gguf_tensors(path):
+    import gguf
+
+    r = gguf.GGUFReader(str(path))
+    return r, {t.name: t for t in r.tensors}
+
+
+def _field(r, key):
+    f = r.fields[key]
+    return f.parts[f.data[0]]
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "BF16", "F16"])
+def test_quantize_writes_the_mmproj_as_gguf_py_quantizes_it(folders, tmp_path, qtype):
+    # gguf-py's own quantizers (gguf.quants, a numpy implementation written
+    # to match ggml's) on the F32 file's values are the reference: the same
+    # bytes per tensor, the same keys, general.file_type set
+    import gguf
+
+    src = folders["f32"][0] / folders["f32"][1]["mmproj"]
+    dst = tmp_path / f"mmproj-{qtype}.gguf"
+    jv4.quantize(src, dst, qtype)
+    assert not list(tmp_path.glob("*.partial"))
+    r_in, t_in = _gguf_tensors(src)
+    r_out, t_out = _gguf_tensors(dst)
+    T = gguf.GGMLQuantizationType
+    assert int(_field(r_out, "general.file_type")[0]) == {"Q8_0": 7, "BF16": 32, "F16": 1}[qtype]
+    assert set(r_in.fields) == set(r_out.fields)
+    for key in r_in.fields:
+        if key not in ("general.file_type", "GGUF.tensor_count", "GGUF.kv_count"):
+            assert [bytes(p) for p in r_in.fields[key].parts] == [bytes(p) for p in r_out.fields[key].parts], key
+    assert list(t_in) == list(t_out)
+    for name, t in t_in.items():
+        values = np.asarray(t.data, dtype=np.float32).reshape([int(x) for x in reversed(t.shape)])
+        if values.ndim == 1:
+            want = T.F32  # norms and biases
+        elif name.startswith("v.patch_embd"):
+            want = T.F16  # the convolution runs on F32/F16 kernels
+        else:
+            want = T[qtype]
+        got = t_out[name]
+        assert got.tensor_type == want, name
+        ref = np.ascontiguousarray(values) if want == T.F32 else gguf.quants.quantize(values, want)
+        assert np.asarray(got.data).tobytes() == np.asarray(ref).tobytes(), name
+
+
+def test_quantize_an_mmproj_refuses_what_the_tower_cannot_take(folders, tmp_path):
+    src = folders["f32"][0] / folders["f32"][1]["mmproj"]
+    with pytest.raises(ValueError, match=r"is an mmproj .* can be written as F32, F16, BF16, Q8_0, not Q4_K_M"):
+        jv4.quantize(src, tmp_path / "q4.gguf", "Q4_K_M")
+    (tmp_path / "m.imatrix").write_bytes(b"")
+    with pytest.raises(ValueError, match="takes no importance matrix"):
+        jv4.quantize(src, tmp_path / "q8.gguf", "Q8_0", imatrix=tmp_path / "m.imatrix")
+    # a damaged tower is refused by the tower's own checks, and nothing is written
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    import fuzz_gguf as fz
+
+    g = fz.parse(src.read_bytes())
+    g.find("clip.vision.block_count").value = 3
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(fz.serialize(g))
+    with pytest.raises(jv4.ModelLoadError, match="bad.gguf: .*unexpected tensor v.blk.3"):
+        jv4.quantize(bad, tmp_path / "bad-q8.gguf", "Q8_0")
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(src.read_bytes()[:-1000])
+    with pytest.raises(jv4.ModelLoadError, match="truncated"):
+        jv4.quantize(truncated, tmp_path / "t-q8.gguf", "Q8_0")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.gguf", "m.imatrix", "truncated.gguf"]
+    # the command: one error line, exit 2; and the same file written as the function writes it
+    import subprocess
+
+    cmd = [sys.executable, "-m", "jv4", "quantize", str(src)]
+    run = subprocess.run(cmd + [str(tmp_path / "q4.gguf"), "Q4_K_M"], capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.startswith("jv4: error: ") and "F32, F16, BF16, Q8_0" in run.stderr
+    run = subprocess.run(cmd + [str(tmp_path / "cli.gguf"), "Q8_0"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    jv4.quantize(src, tmp_path / "api.gguf", "Q8_0")
+    assert (tmp_path / "cli.gguf").read_bytes() == (tmp_path / "api.gguf").read_bytes()
+
+
+@pytest.mark.numerics
+def test_the_q8_0_tower_is_close_to_the_f32_tower(folders, model, tmp_path):
+    # The F32 text model with the F32 file's tower quantized to Q8_0 by
+    # jv4.quantize, repacked for jv4's VNNI kernel (where the build has it)
+    # and not, against the F32 tower; docs/usage.md quotes what this measures
+    src = folders["f32"][0] / folders["f32"][1]["mmproj"]
+    q8 = tmp_path / "mmproj-Q8_0.gguf"
+    jv4.quantize(src, q8, "Q8_0")
+    imgs = [picture(w, h) for w, h in SIZES]
+    worst = 1.0
+    for repack in (True, False):
+        m = jv4.Model(folders["f32"][0], mmproj=q8, repack=repack)
+        assert m.info["image_repack"] == repack
+        for task in cg.TASKS:
+            got, want = m.embed_images(imgs, task=task), model.embed_images(imgs, task=task)
+            for (w, h), g, r in zip(SIZES, got, want):
+                worst = min(worst, cos(g, r))
+                assert cos(g, r) >= 0.999, f"{w}x{h} {task} repack={repack}: cos {cos(g, r)}"
+    print(f"Q8_0 tower against the F32 tower: worst cos {worst:.6f}")
+
+
+@pytest.mark.numerics
+def test_a_q8_0_tower_keeps_rows_q8_0_cannot_hold_as_f16(vocab, tmp_path, monkeypatch):
+    # v4's FFN is 3420 wide: ffn_down's rows (3420 values) are not a multiple
+    # of Q8_0's 32-value blocks, so they are written F16, and gate/up's 3420
+    # rows are not a multiple of the VNNI kernel's 16; the same here with 136
+    import gguf
+
+    monkeypatch.setitem(cg.VISION, "intermediate_size", 136)
+    ck = cg.write_checkpoint(tmp_path / "ckpt", vocab, layout="nested")
+    folder = tmp_path / "f32"
+    files = jv4.convert(ck.root, folder, outtype="f32")
+    q8 = tmp_path / "mmproj-Q8_0.gguf"
+    jv4.quantize(folder / files["mmproj"], q8, "Q8_0")
+    _, t = _gguf_tensors(q8)
+    T = gguf.GGMLQuantizationType
+    assert (t["v.blk.0.ffn_down.weight"].tensor_type, t["v.blk.0.ffn_up.weight"].tensor_type,
+            t["v.blk.0.attn_q.weight"].tensor_type) == (T.F16, T.Q8_0, T.Q8_0)
+    imgs = [picture(w, h) for w, h in SIZES[:3]]
+    f32 = jv4.Model(folder)
+    m = jv4.Model(folder, mmproj=q8)
+    for g, r in zip(m.embed_images(imgs, task="retrieval"), f32.embed_images(imgs, task="retrieval")):
+        assert cos(g, r) >= 0.999
+
+
 @pytest.mark.numerics
 def test_multivectors_match_transformers_per_token(model, ref):
     imgs = [PIL.fromarray(picture(w, h)) for w, h in SIZES[:3]]

@@ -37,6 +37,7 @@ void register_info(py::module_& m) {
 
   m.def("quantize_types", [] { return jv4::quantize_types(); });
   m.def("imatrix_types", [] { return jv4::imatrix_types(); });
+  m.def("mmproj_quantize_types", [] { return jv4::mmproj_quantize_types(); });
   m.def("kv_cache_types", [] { return jv4::kv_cache_types(); });
 
   m.def(

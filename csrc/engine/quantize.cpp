@@ -1,14 +1,20 @@
 // quantize(): a thin, validated wrapper over llama_model_quantize.
 #include "engine/quantize.hpp"
 
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <map>
+#include <memory>
 #include <stdexcept>
 #include <utility>
 
 #include "engine/errors.hpp"
 #include "engine/imatrix.hpp"
 #include "engine/logging.hpp"
+#include "engine/vision.hpp"
+#include "ggml.h"
+#include "gguf.h"
 #include "llama.h"
 
 namespace jv4 {
@@ -43,7 +49,140 @@ const std::vector<Type>& table() {
   return t;
 }
 
+struct GgufFree {
+  void operator()(gguf_context* g) const { gguf_free(g); }
+};
+struct GgmlFree {
+  void operator()(ggml_context* c) const { ggml_free(c); }
+};
+
+// {name, type, general.file_type (llama_ftype)} of what an mmproj is written in
+struct MmprojType {
+  const char* name;
+  ggml_type type;
+  uint32_t ftype;
+};
+const std::vector<MmprojType>& mmproj_table() {
+  static const std::vector<MmprojType> t = {
+      {"F32", GGML_TYPE_F32, LLAMA_FTYPE_ALL_F32},
+      {"F16", GGML_TYPE_F16, LLAMA_FTYPE_MOSTLY_F16},
+      {"BF16", GGML_TYPE_BF16, LLAMA_FTYPE_MOSTLY_BF16},
+      {"Q8_0", GGML_TYPE_Q8_0, LLAMA_FTYPE_MOSTLY_Q8_0},
+  };
+  return t;
+}
+
+std::string joined(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+
+bool is_mmproj(const std::string& path) {
+  gguf_init_params gp{/*no_alloc=*/true, /*ctx=*/nullptr};
+  std::unique_ptr<gguf_context, GgufFree> g(gguf_init_from_file(path.c_str(), gp));
+  if (!g) {
+    take_thread_errors();  // llama.cpp's loader says what is wrong with it
+    return false;
+  }
+  const int64_t a = gguf_find_key(g.get(), "general.architecture");
+  return a >= 0 && gguf_get_kv_type(g.get(), a) == GGUF_TYPE_STRING &&
+         std::strcmp(gguf_get_val_str(g.get(), a), "clip") == 0;
+}
+
+// The type a tensor of an mmproj is written in when the file is asked for `want`.
+ggml_type mmproj_tensor_type(const std::string& name, const ggml_tensor* t, ggml_type want) {
+  if (ggml_n_dims(t) < 2) return t->type;  // norms and biases: F32 (check_mmproj)
+  if (mmproj_is_conv(name)) return want == GGML_TYPE_F32 ? GGML_TYPE_F32 : GGML_TYPE_F16;
+  if (t->ne[0] % ggml_blck_size(want) != 0) return GGML_TYPE_F16;
+  return want;
+}
+
+void quantize_mmproj(const std::string& src, const std::string& dst, const MmprojType& type) {
+  check_mmproj(src, 0);  // the tower's own checks: names, shapes, types, sizes
+  ggml_context* meta_ctx = nullptr;
+  gguf_init_params gp{/*no_alloc=*/true, /*ctx=*/&meta_ctx};
+  std::unique_ptr<gguf_context, GgufFree> in(gguf_init_from_file(src.c_str(), gp));
+  std::unique_ptr<ggml_context, GgmlFree> meta(meta_ctx);
+  if (!in) throw ModelLoadError(src + ": not a readable GGUF file");
+  std::unique_ptr<gguf_context, GgufFree> out(gguf_init_empty());
+  gguf_set_kv(out.get(), in.get());
+  gguf_set_val_u32(out.get(), "general.file_type", type.ftype);
+  const int64_t n = gguf_get_n_tensors(in.get());
+  std::vector<ggml_tensor*> tensors;
+  for (int64_t i = 0; i < n; ++i) {
+    ggml_tensor* t = ggml_get_tensor(meta.get(), gguf_get_tensor_name(in.get(), i));
+    tensors.push_back(t);
+    gguf_add_tensor(out.get(), t);
+    gguf_set_tensor_type(out.get(), t->name, mmproj_tensor_type(t->name, t, type.type));
+  }
+
+  namespace fs = std::filesystem;
+  const fs::path part = fs::path(dst).concat(".partial");
+  try {
+    std::ifstream fin(src, std::ios::binary);
+    std::ofstream fout(part, std::ios::binary | std::ios::trunc);
+    if (!fin) throw std::runtime_error("cannot read " + src);
+    if (!fout) throw std::runtime_error("cannot write " + part.string());
+    std::vector<uint8_t> header(gguf_get_meta_size(out.get()));
+    gguf_get_meta_data(out.get(), header.data());
+    fout.write(reinterpret_cast<const char*>(header.data()), static_cast<std::streamsize>(header.size()));
+    const size_t align = gguf_get_alignment(out.get());
+    const size_t data_in = gguf_get_data_offset(in.get());
+    std::vector<uint8_t> raw, packed;
+    std::vector<float> values;
+    for (int64_t i = 0; i < n; ++i) {
+      const ggml_tensor* t = tensors[i];
+      raw.resize(ggml_nbytes(t));
+      fin.seekg(static_cast<std::streamoff>(data_in + gguf_get_tensor_offset(in.get(), i)));
+      fin.read(reinterpret_cast<char*>(raw.data()), static_cast<std::streamsize>(raw.size()));
+      if (!fin) throw ModelLoadError(src + ": truncated: cannot read tensor " + std::string(t->name));
+      const ggml_type to = gguf_get_tensor_type(out.get(), i);
+      const std::vector<uint8_t>* bytes = &raw;
+      if (to != t->type) {
+        const int64_t rows = ggml_nrows(t), per_row = t->ne[0];
+        values.resize(static_cast<size_t>(rows * per_row));
+        const ggml_type_traits* from = ggml_get_type_traits(t->type);
+        if (t->type == GGML_TYPE_F32) {
+          std::memcpy(values.data(), raw.data(), raw.size());
+        } else {
+          from->to_float(raw.data(), values.data(), rows * per_row);
+        }
+        packed.resize(ggml_row_size(to, per_row) * static_cast<size_t>(rows));
+        ggml_quantize_chunk(to, values.data(), packed.data(), 0, rows, per_row, nullptr);
+        bytes = &packed;
+      }
+      if (bytes->size() != gguf_get_tensor_size(out.get(), i)) {
+        throw std::runtime_error("internal: " + std::string(t->name) + " came out " + std::to_string(bytes->size()) +
+                                 " bytes, expected " + std::to_string(gguf_get_tensor_size(out.get(), i)));
+      }
+      fout.write(reinterpret_cast<const char*>(bytes->data()), static_cast<std::streamsize>(bytes->size()));
+      const size_t pad = GGML_PAD(bytes->size(), align) - bytes->size();
+      static const char zeros[64] = {};
+      for (size_t left = pad; left > 0; left -= std::min<size_t>(left, sizeof zeros)) {
+        fout.write(zeros, static_cast<std::streamsize>(std::min<size_t>(left, sizeof zeros)));
+      }
+    }
+    fout.close();
+    if (!fout) throw std::runtime_error("writing " + part.string() + " failed (disk full?)");
+    fs::rename(part, dst);
+  } catch (...) {
+    std::error_code ignore;
+    fs::remove(part, ignore);  // no half-written output left behind
+    throw;
+  }
+}
+
 }  // namespace
+
+const std::vector<std::string>& mmproj_quantize_types() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> n;
+    for (const auto& e : mmproj_table()) n.push_back(e.name);
+    return n;
+  }();
+  return names;
+}
 
 const std::vector<std::string>& quantize_types() {
   static const std::vector<std::string> names = [] {
@@ -89,6 +228,19 @@ void quantize(const std::string& src, const std::string& dst, const std::string&
     throw std::invalid_argument("quantize: src and dst are the same file (" + src + ")");
   }
   init_backend();
+  if (is_mmproj(src)) {
+    const MmprojType* to = nullptr;
+    for (const auto& e : mmproj_table()) {
+      if (e.name == type) to = &e;
+    }
+    if (to == nullptr) {
+      throw std::invalid_argument(src + " is an mmproj (the vision tower): it can be written as " +
+                                  joined(mmproj_quantize_types()) + ", not " + type);
+    }
+    if (imatrix) throw std::invalid_argument(src + " is an mmproj (the vision tower): it takes no importance matrix");
+    quantize_mmproj(src, dst, *to);
+    return;
+  }
   // the importance matrix, as the quantizer wants it: {name, values, count}, null-terminated
   std::map<std::string, std::vector<float>> values;
   std::vector<llama_model_imatrix_data> entries;

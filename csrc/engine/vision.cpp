@@ -102,6 +102,8 @@ class Header {
 
 }  // namespace
 
+bool mmproj_is_conv(const std::string& tensor_name) { return tensor_name.rfind("v.patch_embd", 0) == 0; }
+
 MmprojFacts check_mmproj(const std::string& path, int n_embd_text) {
   namespace fs = std::filesystem;
   std::error_code ec;
@@ -152,7 +154,7 @@ MmprojFacts check_mmproj(const std::string& path, int n_embd_text) {
   f.patch_size = static_cast<int>(*h.u32("clip.vision.patch_size", 1, 1024));
   h.u32("clip.vision.image_size", 1, 1 << 20);
   f.projection_dim = static_cast<int>(*h.u32("clip.vision.projection_dim", 1, 1 << 20));
-  if (f.projection_dim != n_embd_text) {
+  if (n_embd_text > 0 && f.projection_dim != n_embd_text) {
     h.fail("clip.vision.projection_dim = " + std::to_string(f.projection_dim) + " does not match the text "
            "model's width " + std::to_string(n_embd_text) + ": this mmproj belongs to another model");
   }
@@ -240,7 +242,7 @@ MmprojFacts check_mmproj(const std::string& path, int n_embd_text) {
       h.fail("tensor " + name + " has shape [" + got + "], expected [" + exp + "]");
     }
     const ggml_type ty = t->type;
-    const bool conv = name.rfind("v.patch_embd", 0) == 0;
+    const bool conv = mmproj_is_conv(name);
     const bool ok = !it->second.matrix ? ty == GGML_TYPE_F32
                     : conv             ? (ty == GGML_TYPE_F32 || ty == GGML_TYPE_F16)
                                        : (ty == GGML_TYPE_F32 || ty == GGML_TYPE_F16 || ty == GGML_TYPE_BF16 ||

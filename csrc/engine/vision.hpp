@@ -37,8 +37,13 @@ struct MmprojFacts {
 
 // Reads and checks an mmproj header (and its tensors' names, shapes and
 // types) without loading it: ModelLoadError("<path>: ...") naming the key or
-// tensor. `n_embd_text`: the text model's width the projection must match.
+// tensor. `n_embd_text`: the text model's width the projection must match
+// (0: any width, for a file read alone, as quantize does).
 MmprojFacts check_mmproj(const std::string& path, int n_embd_text);
+
+// Whether an mmproj tensor (by name) is the patch embedding's convolution,
+// which runs on F32 or F16 kernels only.
+bool mmproj_is_conv(const std::string& tensor_name);
 
 // One image's prompt, tokenized: text tokens before the image (ending with
 // <|vision_start|>), the image's rows, text tokens after (starting with

@@ -50,6 +50,7 @@ __all__ = [
     "quantize",
     "QUANT_TYPES",
     "IMATRIX_TYPES",
+    "MMPROJ_QUANT_TYPES",
     "KV_CACHE_TYPES",
     "imatrix",
     "convert",
@@ -67,6 +68,8 @@ MATRYOSHKA_DIMS: tuple = _core.MATRYOSHKA_DIMS
 QUANT_TYPES: tuple = tuple(_core.quantize_types())
 # the types llama.cpp quantizes only with an importance matrix
 IMATRIX_TYPES: tuple = tuple(_core.imatrix_types())
+#: the types ``quantize`` writes an mmproj (the vision tower) in: those the tower takes
+MMPROJ_QUANT_TYPES: tuple = tuple(_core.mmproj_quantize_types())
 #: KV cache element types ``Model(kv_cache_type=...)`` accepts (default: see ``Model``)
 KV_CACHE_TYPES: tuple = tuple(_core.kv_cache_types())
 
@@ -103,7 +106,13 @@ def quantize(src: Union[str, os.PathLike], dst: Union[str, os.PathLike], type: s
     (one of ``QUANT_TYPES``, e.g. ``"Q8_0"``, ``"Q4_K_M"``, ``"IQ2_XXS"``) by
     llama.cpp's own quantizer. ``imatrix``: an importance matrix file
     (``jv4.imatrix``, or llama.cpp's GGUF imatrix) weighting the rounding;
-    the types in ``IMATRIX_TYPES`` refuse to run without one."""
+    the types in ``IMATRIX_TYPES`` refuse to run without one.
+
+    An mmproj ``src`` (the vision tower) is checked as ``Model(mmproj=)``
+    checks it and written in one of ``MMPROJ_QUANT_TYPES`` (no imatrix):
+    its matrices in ``type``, except those whose rows are not a multiple of
+    32 values for ``"Q8_0"`` (v4's ffn_down) and the patch convolution
+    (F32/F16 kernels only), which become F16; norms and biases stay F32."""
     if not isinstance(type, str):
         raise TypeError(f"type must be a str, one of {', '.join(QUANT_TYPES)}")
     if imatrix is not None and not isinstance(imatrix, (str, os.PathLike)):

@@ -8,7 +8,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['ArgumentError', 'DEFAULT_BATCH_TOKENS', 'DEFAULT_MAX_LENGTH', 'DEFAULT_TASK', 'GGUF_KEYS', 'MATRYOSHKA_DIMS', 'MAX_IMAGE_PIXELS', 'Model', 'ModelInfo', 'ModelLoadError', 'ModelOptions', 'QWEN25VL_WINDOW_SIZE', 'ROLES', 'TASKS', 'build_info', 'check_role', 'check_task', 'decode_image', 'image_format', 'imatrix_types', 'jina_official_repo', 'jina_prefix', 'kv_cache_types', 'quantize', 'quantize_types']
+__all__: list[str] = ['ArgumentError', 'DEFAULT_BATCH_TOKENS', 'DEFAULT_MAX_LENGTH', 'DEFAULT_TASK', 'GGUF_KEYS', 'MATRYOSHKA_DIMS', 'MAX_IMAGE_PIXELS', 'Model', 'ModelInfo', 'ModelLoadError', 'ModelOptions', 'QWEN25VL_WINDOW_SIZE', 'ROLES', 'TASKS', 'build_info', 'check_role', 'check_task', 'decode_image', 'image_format', 'imatrix_types', 'jina_official_repo', 'jina_prefix', 'kv_cache_types', 'mmproj_quantize_types', 'quantize', 'quantize_types']
 class ModelLoadError(RuntimeError):
     pass
 class ArgumentError(ValueError):
@@ -369,6 +369,8 @@ def jina_prefix(task: str, role: str) -> str:
     The text put before a text of this task and role (ValueError for others).
     """
 def kv_cache_types() -> list[str]:
+    ...
+def mmproj_quantize_types() -> list[str]:
     ...
 def quantize(src: str, dst: str, type: str, n_threads: typing.SupportsInt | typing.SupportsIndex | None = None, imatrix: str | None = None) -> None:
     ...

@@ -489,10 +489,11 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="build facts, or a model's facts, as JSON")
     i.add_argument("model", nargs="?", metavar="MODEL", help="a GGUF path or repo[:QUANT]")
 
-    q = sub.add_parser("quantize", help="quantize a GGUF with llama.cpp's quantizer")
-    q.add_argument("src", help="a GGUF path or repo[:QUANT]")
+    q = sub.add_parser("quantize", help="quantize a GGUF with llama.cpp's quantizer (a text model or an mmproj)")
+    q.add_argument("src", help="a GGUF path or repo[:QUANT]; an mmproj (the vision tower) too")
     q.add_argument("dst")
-    q.add_argument("type", choices=jv4.QUANT_TYPES, metavar="TYPE", help=", ".join(jv4.QUANT_TYPES))
+    q.add_argument("type", choices=jv4.QUANT_TYPES, metavar="TYPE",
+                   help=", ".join(jv4.QUANT_TYPES) + "; an mmproj: " + ", ".join(jv4.MMPROJ_QUANT_TYPES))
     q.add_argument("--threads", type=int)
     q.add_argument("--imatrix", metavar="FILE",
                    help="an importance matrix (jv4 imatrix, or llama.cpp's GGUF imatrix); needed by "
