@@ -23,7 +23,10 @@ row has the FLOPs of the page (vision tower and text model, counted from the
 shapes) and the rates they ran at, beside jv4's text rate from the same
 round (a text of as many tokens as the page's prompt, embedded by jv4) and
 the time the page's FLOPs would take at that rate. `jv4-vdpbf16` is jv4 with
-its BF16 kernel's AMX path turned off (JV4_BF16_AMX=0), for AMX CPUs.
+its BF16 kernel's AMX path turned off (JV4_BF16_AMX=0), for AMX CPUs;
+`jv4-q8_0` is jv4 with the text model and the tower quantized to Q8_0 by
+jv4.quantize (the tower's ffn_down stays F16: its 3420-value rows are not a
+multiple of Q8_0's blocks), timed against its own text rate.
 
     python bench/images.py --shape v4 --sizes 448x448,896x896 --images 1 --rounds 2 \
         --peers transformers-bf16,transformers-fp32
@@ -75,7 +78,10 @@ class _VisionSource:
         return self.weights[short]
 
 
-def models(shape_name: str, outtype: str = "f16") -> tuple:
+def models(shape_name: str, outtype: str = "f16", quant: str = "F16") -> tuple:
+    """The F16 text model and mmproj (made once); with quant="Q8_0", both
+    written from them by jv4.quantize (the text model by llama.cpp's
+    quantizer, the tower by jv4's mmproj quantizer)."""
     import gguf
 
     from jv4 import checkpoint as ckp
@@ -97,6 +103,16 @@ def models(shape_name: str, outtype: str = "f16") -> tuple:
         part = mmproj.with_suffix(".partial")
         ckp._write(gguf, part, "clip", ckp._mmproj_kv(gguf, src, outtype), ckp._mmproj_tensors(gguf, src, outtype))
         part.rename(mmproj)
+    if quant != "F16":
+        import jv4
+
+        pair = []
+        for src in (text, mmproj):
+            dst = src.with_name(src.name.replace("-F16.gguf", f"-{quant}.gguf"))
+            if not dst.exists():
+                jv4.quantize(src, dst, quant)
+            pair.append(dst)
+        text, mmproj = pair
     return text, mmproj
 
 
@@ -109,8 +125,9 @@ def picture(w: int, h: int, seed: int) -> np.ndarray:
 
 
 # the engines --peers takes: jv4 with its BF16 kernel's AMX path off
-# (JV4_BF16_AMX=0), transformers in bf16 and in fp32
-PEERS = ("jv4-vdpbf16", "transformers-bf16", "transformers-fp32")
+# (JV4_BF16_AMX=0), jv4 with the Q8_0 text model and Q8_0 tower,
+# transformers in bf16 and in fp32
+PEERS = ("jv4-vdpbf16", "jv4-q8_0", "transformers-bf16", "transformers-fp32")
 
 
 def prompt_tokens(n_image: int) -> int:
@@ -160,9 +177,10 @@ def smart_resize_tokens(w: int, h: int, min_tokens: int, max_tokens: int) -> int
 def worker_jv4(args, sizes) -> dict:
     import jv4
 
-    text, mmproj = models(args.shape)
+    text, mmproj = models(args.shape, quant="Q8_0" if args.worker == "jv4-q8_0" else "F16")
     m = jv4.Model(text, mmproj=mmproj, n_threads=args.threads, image_max_tokens=args.image_max_tokens)
-    out = {"info": {k: m.info.get(k) for k in ("n_threads", "image_f16_as_bf16", "image_repack")}}
+    out = {"info": {"text_model": text.name, "mmproj": mmproj.name,
+                    **{k: m.info.get(k) for k in ("n_threads", "image_f16_as_bf16", "image_repack")}}}
     for w, h in sizes:
         n_image = smart_resize_tokens(w, h, m.info["image_min_tokens"], m.info["image_max_tokens"])
         m.embed_images(picture(w, h, 99))  # warm
@@ -274,19 +292,28 @@ def compare(args, sizes) -> None:
                for e in engines}
         j = med["jv4"]
         fl = page_flops(args.shape, w, h, int(j["n_image"]))
-        text_rate = text_flops(args.shape, int(j["text_tokens"])) / j["text_s"]
         row = {"size": key, "image_tokens": int(j["n_image"]), "tower_tflop": round(fl["tower"] / 1e12, 3),
-               "text_tflop": round(fl["text"] / 1e12, 3), "jv4_s": round(j["page_s"], 2),
-               "jv4_page_tflops": round((fl["tower"] + fl["text"]) / j["page_s"] / 1e12, 3),
-               "jv4_text_tflops": round(text_rate / 1e12, 3),
-               "at_text_rate_s": round((fl["tower"] + fl["text"]) / text_rate, 2)}
-        row["jv4_vs_text_rate"] = round(j["page_s"] / row["at_text_rate_s"], 3)
-        for e in engines[1:]:
+               "text_tflop": round(fl["text"] / 1e12, 3)}
+        mine = [e for e in engines if e.startswith("jv4")]
+        for e in mine:  # each jv4 engine against its own text rate, same round
+            p, tag = med[e], e.replace("-", "_")
+            if int(p["n_image"]) != int(j["n_image"]):
+                raise SystemExit(f"{e} made {p['n_image']} image tokens of {key}, jv4 {j['n_image']}")
+            text_rate = text_flops(args.shape, int(p["text_tokens"])) / p["text_s"]
+            row[f"{tag}_s"] = round(p["page_s"], 2)
+            row[f"{tag}_page_tflops"] = round((fl["tower"] + fl["text"]) / p["page_s"] / 1e12, 3)
+            row[f"{tag}_text_tflops"] = round(text_rate / 1e12, 3)
+            row[f"{tag}_at_text_rate_s"] = round((fl["tower"] + fl["text"]) / text_rate, 2)
+            row[f"{tag}_vs_text_rate"] = round(p["page_s"] / row[f"{tag}_at_text_rate_s"], 3)
+        for e in engines:
+            if e in mine:
+                continue
             p = med[e]
             if int(p["n_image"]) != int(j["n_image"]):
                 raise SystemExit(f"{e} made {p['n_image']} image tokens of {key}, jv4 {j['n_image']}")
             row[f"{e}_s"] = round(p["page_s"], 2)
-            row[f"jv4_speed_vs_{e}"] = round(p["page_s"] / j["page_s"], 2)
+            for m in mine:
+                row[f"{m.replace('-', '_')}_speed_vs_{e}"] = round(p["page_s"] / med[m]["page_s"], 2)
             if "tower_s" not in p:
                 continue
             row[f"{e}_tower_s"] = round(p["tower_s"], 2)
@@ -328,6 +355,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.make_only:
         models(args.shape)
+        if "jv4-q8_0" in args.peers.split(","):
+            models(args.shape, quant="Q8_0")
         return
     sizes = [tuple(int(x) for x in size.lower().split("x")) for size in args.sizes.split(",")]
     if args.worker:
@@ -341,7 +370,8 @@ def main() -> None:
     # the models are made in a child process, so that this one's peak RSS is the engine's
     import subprocess
 
-    subprocess.run([sys.executable, __file__, "--shape", args.shape, "--make-only"], check=True)
+    subprocess.run([sys.executable, __file__, "--shape", args.shape, "--make-only", "--peers", args.peers],
+                   check=True)
     if args.peers:
         compare(args, sizes)
         return
