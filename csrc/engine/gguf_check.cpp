@@ -10,18 +10,12 @@
 #include <vector>
 
 #include "engine/errors.hpp"
+#include "engine/gguf_file.hpp"
 #include "ggml.h"
 #include "gguf.h"
 
 namespace jv4 {
 namespace {
-
-struct GgufFree {
-  void operator()(gguf_context* g) const { gguf_free(g); }
-};
-struct GgmlFree {
-  void operator()(ggml_context* c) const { ggml_free(c); }
-};
 
 class Meta {
  public:

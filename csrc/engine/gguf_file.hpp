@@ -1,5 +1,6 @@
-// A small GGUF file read whole - metadata and tensor data - through ggml's
-// gguf reader, freed when it goes out of scope (projector and imatrix files).
+// GGUF files through ggml's gguf reader: deleters for std::unique_ptr over
+// its contexts, and a small file read whole - metadata and tensor data -
+// freed when it goes out of scope (projector and imatrix files).
 #pragma once
 #include <string>
 
@@ -7,6 +8,14 @@
 #include "gguf.h"
 
 namespace jv4 {
+
+struct GgufFree {
+  void operator()(gguf_context* g) const { gguf_free(g); }
+};
+struct GgmlFree {
+  void operator()(ggml_context* c) const { ggml_free(c); }
+};
+
 
 struct GgufFile {
   gguf_context* meta = nullptr;  // null when the file is not readable GGUF

@@ -1,4 +1,5 @@
-// quantize(): a thin, validated wrapper over llama_model_quantize.
+// quantize(): a thin, validated wrapper over llama_model_quantize for text
+// models; an mmproj (the vision tower) is written here, tensor by tensor.
 #include "engine/quantize.hpp"
 
 #include <cstring>
@@ -10,6 +11,7 @@
 #include <utility>
 
 #include "engine/errors.hpp"
+#include "engine/gguf_file.hpp"
 #include "engine/imatrix.hpp"
 #include "engine/logging.hpp"
 #include "engine/vision.hpp"
@@ -48,13 +50,6 @@ const std::vector<Type>& table() {
   };
   return t;
 }
-
-struct GgufFree {
-  void operator()(gguf_context* g) const { gguf_free(g); }
-};
-struct GgmlFree {
-  void operator()(ggml_context* c) const { ggml_free(c); }
-};
 
 // {name, type, general.file_type (llama_ftype)} of what an mmproj is written in
 struct MmprojType {
@@ -175,21 +170,22 @@ void quantize_mmproj(const std::string& src, const std::string& dst, const Mmpro
 
 }  // namespace
 
+namespace {
+template <typename Row>
+std::vector<std::string> names_of(const std::vector<Row>& rows) {
+  std::vector<std::string> n;
+  for (const auto& e : rows) n.push_back(e.name);
+  return n;
+}
+}  // namespace
+
 const std::vector<std::string>& mmproj_quantize_types() {
-  static const std::vector<std::string> names = [] {
-    std::vector<std::string> n;
-    for (const auto& e : mmproj_table()) n.push_back(e.name);
-    return n;
-  }();
+  static const std::vector<std::string> names = names_of(mmproj_table());
   return names;
 }
 
 const std::vector<std::string>& quantize_types() {
-  static const std::vector<std::string> names = [] {
-    std::vector<std::string> n;
-    for (const auto& e : table()) n.push_back(e.name);
-    return n;
-  }();
+  static const std::vector<std::string> names = names_of(table());
   return names;
 }
 
@@ -211,9 +207,7 @@ void quantize(const std::string& src, const std::string& dst, const std::string&
     if (e.name == type) found = &e;
   }
   if (found == nullptr) {
-    std::string allowed;
-    for (const auto& n : quantize_types()) allowed += (allowed.empty() ? "" : ", ") + n;
-    throw std::invalid_argument("unknown quantization type '" + type + "'; allowed: " + allowed);
+    throw std::invalid_argument("unknown quantization type '" + type + "'; allowed: " + joined(quantize_types()));
   }
   if (found->needs_imatrix && !imatrix) {
     throw std::invalid_argument(type + " needs an importance matrix: compute one with jv4.imatrix (`jv4 imatrix`) "

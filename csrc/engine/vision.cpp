@@ -10,6 +10,7 @@
 #include <stdexcept>
 
 #include "engine/errors.hpp"
+#include "engine/gguf_file.hpp"
 #include "engine/jina.hpp"
 #include "engine/logging.hpp"
 #include "ggml.h"
@@ -19,13 +20,6 @@
 
 namespace jv4 {
 namespace {
-
-struct GgufFree {
-  void operator()(gguf_context* g) const { gguf_free(g); }
-};
-struct GgmlFree {
-  void operator()(ggml_context* c) const { ggml_free(c); }
-};
 
 constexpr const char* kProjectorType = "qwen2.5vl_merger";
 
