@@ -340,9 +340,11 @@ static ggml_bf16_t bf16_rne(float f) { uint32_t u; memcpy(&u, &f, 4); ggml_bf16_
 static double value(ggml_bf16_t b) { uint32_t u = (uint32_t) b.bits << 16; float f; memcpy(&f, &u, 4); return f; }
 static float draw(int ints, float scale) { return ints ? (float) ((int) (rnd() % 17) - 8) : ((float) (rnd() % 20001) - 10000.0f) / scale; }
 int main() {
-    const int NQ = 64, KV = 64, D = 128, HEADS = 2;  // llama.cpp's tile sizes, v4's head width
-    const size_t nb1 = (size_t) HEADS * D * 2;        // rows of one head in a cache of two
+    const int NQ = 64, KV = 64, HEADS = 2;            // llama.cpp's tile sizes
+    const int widths[] = {128, 80};                   // v4's text head width, its vision tower's
     const int tiles[] = {64, 48, 37, 1};              // full, 16-row multiple, ragged, one key
+    for (int D : widths) {
+    const size_t nb1 = (size_t) HEADS * D * 2;        // rows of one head in a cache of two
     for (int kv_tile : tiles) {
         for (int ints = 0; ints < 2; ints++) {
             std::vector<ggml_bf16_t> Q((size_t) NQ * D), K((size_t) kv_tile * HEADS * D), V((size_t) kv_tile * HEADS * D);
@@ -356,7 +358,7 @@ int main() {
             jv4_fa_dp_pack_k(kp.data(), k0, nb1, D, kv_tile, KV);
             jv4_fa_dp_qk(kq.data(), Q.data(), kp.data(), NQ, D, KV);
             char what[64];
-            snprintf(what, sizeof what, "QK kv_tile=%d ints=%d query, key", kv_tile, ints);
+            snprintf(what, sizeof what, "QK D=%d kv_tile=%d ints=%d query, key", D, kv_tile, ints);
             for (int q = 0; q < NQ; q++) for (int t = 0; t < KV; t++) {
                 double ref = 0, mag = 0;
                 for (int d = 0; t < kv_tile && d < D; d++) {
@@ -375,7 +377,7 @@ int main() {
             jv4_fa_dp_rows_to_bf16(pb.data(), NQ, KV);
             jv4_fa_dp_pack_v(vp.data(), v0, nb1, D, kv_tile, KV);
             jv4_fa_dp_pv(vkq.data(), pb.data(), vp.data(), NQ, D, KV);
-            snprintf(what, sizeof what, "PV kv_tile=%d ints=%d query, column", kv_tile, ints);
+            snprintf(what, sizeof what, "PV D=%d kv_tile=%d ints=%d query, column", D, kv_tile, ints);
             for (int q = 0; q < NQ; q++) {
                 for (int t = 0; t < KV; t++) {
                     const ggml_bf16_t h = ((const ggml_bf16_t *) (pb.data() + (size_t) q * KV))[t];
@@ -391,8 +393,9 @@ int main() {
                     check(vkq[(size_t) q * D + d], ref, mag, ints, what, q, d);
                 }
             }
-            printf("kv_tile=%d ints=%d worst relative error so far %.3g\n", kv_tile, ints, worst);
+            printf("D=%d kv_tile=%d ints=%d worst relative error so far %.3g\n", D, kv_tile, ints, worst);
         }
+    }
     }
     return finish();
 }
@@ -403,7 +406,9 @@ int main() {
 @pytest.mark.skipif(not all(_cpu_has(f) for f in ("avx512f", "avx512bw", "avx512_bf16")),
                     reason="needs a CPU with AVX512-BF16 to run the kernel")
 def test_flash_attention_bf16_helpers_match_exact_sums(tmp_path):
-    # Flash attention's BF16 path: K packed by column pairs and Q x K^T, the
+    # Flash attention's BF16 path, at head widths 128 (text) and 80 (the
+    # vision tower: 32-value K blocks plus a 16-value rest, 64-column V
+    # steps plus a 16-column rest): K packed by column pairs and Q x K^T, the
     # softmax weights rounded to BF16 (nearest even), V packed by row pairs
     # and P x V added to the output, for full, 16-multiple, ragged and
     # one-key tiles of one head in a two-head cache (keys past the tile must

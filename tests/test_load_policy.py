@@ -107,6 +107,34 @@ def test_tower_decisions(file, build, options, expected):
     assert (got["tower_f16_as_bf16"], got["tower_repack"]) == expected
 
 
+# The tower's flash attention over BF16 K and V by the text cache's rule: on
+# an AVX512-BF16 CPU, all on the CPU, unless the tower is full precision (a
+# matrix in F32, or F16 kept as F16) (docs/usage.md, "Images").
+# (tower matrix types, build, options) -> tower_attention
+TOWER_ATTENTION = [
+    (["Q8_0", "F16"], AVX512, {}, "bf16"),          # jv4 quantize's Q8_0 tower (ffn_down F16, held as BF16)
+    (["Q8_0", "F16"], AVX512, {"f16_as_bf16": False}, "f16"),
+    (["F16"], AVX512, {}, "bf16"),                  # held as BF16
+    (["F16"], AVX512, {"f16_as_bf16": False}, "f16"),
+    (["BF16"], AVX512, {}, "bf16"),
+    (["Q8_0"], AVX512, {}, "bf16"),
+    (["F32"], AVX512, {}, "f16"),                   # full precision: clip's F16 K and V
+    (["Q8_0", "F32"], AVX512, {}, "f16"),
+    (["Q8_0"], AVX2, {}, "f16"),                    # no vdpbf16ps
+    (["BF16"], ARM, {}, "f16"),
+    (["Q8_0"], GPU, {}, "f16"),                     # the tower on the GPU
+    (["Q8_0"], GPU, {"n_gpu_layers": 0}, "bf16"),
+]
+
+
+@pytest.mark.parametrize("tower, build, options, expected", TOWER_ATTENTION)
+def test_tower_attention(tower, build, options, expected):
+    types, file_type = Q8_0
+    got = _core._stages.load_policy(types, options=_core.ModelOptions(**options), file_type=file_type,
+                                    tower_types=tower, **build)
+    assert got["tower_attention"] == expected
+
+
 def test_gpu_layers_and_the_main_gpu():
     got = _decide(Q4_K_M, GPU, {})
     assert (got["n_gpu_layers"], got["main_gpu"], got["cpu_only"]) == (-1, None, False)

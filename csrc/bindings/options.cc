@@ -87,6 +87,7 @@ void register_options(py::module_& m) {
       .def_readonly("image_max_tokens", &I::image_max_tokens)
       .def_readonly("image_f16_as_bf16", &I::image_f16_as_bf16)
       .def_readonly("image_repack", &I::image_repack)
+      .def_readonly("image_attention", &I::image_attention)
       .def_readonly("coalesce", &I::coalesce)
       .def_readonly("batch_wait_ms", &I::batch_wait_ms)
       .def_readonly("batch_invariant", &I::batch_invariant);

@@ -138,7 +138,8 @@ void register_stages(py::module_& parent) {
   m.def_static(
       "load_policy",
       [](const std::vector<std::string>& tensor_types, bool x86, bool avx512_vnni, bool avx512_bf16, int n_gpus,
-         const jv4::ModelOptions& options, const std::string& file_type) {
+         const jv4::ModelOptions& options, const std::string& file_type,
+         const std::vector<std::string>& tower_types) {
         jv4::FileFacts file;
         for (const std::string& t : tensor_types) file.tensor_types.push_back(type_named(t));
         jv4::BuildFacts build;
@@ -157,12 +158,15 @@ void register_stages(py::module_& parent) {
         out["tower_repack"] = p.tower_repack;
         out["load_mode"] = p.load_mode();
         out["kv_cache_type"] = jv4::decide_kv_cache_type(p, build, options, ftype_named(file_type));
+        std::vector<int> tower;
+        for (const std::string& t : tower_types) tower.push_back(type_named(t));
+        out["tower_attention"] = jv4::decide_tower_attention(p, build, tower);
         return out;
       },
       py::arg("tensor_types"), py::arg("x86"), py::arg("avx512_vnni"), py::arg("avx512_bf16"), py::arg("n_gpus"),
-      py::arg("options"), py::arg("file_type"),
+      py::arg("options"), py::arg("file_type"), py::arg("tower_types") = std::vector<std::string>{},
       "the load decisions for a file holding tensors of these ggml types (and of this llama file type) "
-      "on a build with these facts");
+      "on a build with these facts; tower_attention for a vision tower whose matrices have tower_types");
   m.def_static(
       "context_policy",
       [](const jv4::ModelOptions& options, int n_ctx_train, int hardware_threads) {

@@ -194,6 +194,19 @@ std::string decide_kv_cache_type(const LoadPolicy& load, const BuildFacts& build
   return "f16";  // llama.cpp's default
 }
 
+std::string decide_tower_attention(const LoadPolicy& load, const BuildFacts& build,
+                                   const std::vector<int>& tower_matrix_types) {
+  if (!load.cpu_only || !build.avx512_bf16 || tower_matrix_types.empty()) return "f16";
+  for (int t : tower_matrix_types) {
+    const auto ty = static_cast<ggml_type>(t);
+    if (ty == GGML_TYPE_F32 || (ty == GGML_TYPE_F16 && !load.tower_f16_as_bf16)) return "f16";
+  }
+  // BF16 or Q8_0 matrices, or F16 ones held as BF16: measured on the v4
+  // page, the Q8_0 tower's attention ran at a third of the text model's
+  // BF16 rate in F32 (docs/benchmarks.md, "Page images")
+  return "bf16";
+}
+
 ContextPolicy decide_context(const ModelOptions& opts, int n_ctx_train, int hardware_threads) {
   ContextPolicy c;
   const int cap = n_ctx_train > 0 ? n_ctx_train : kDefaultMaxLength;

@@ -57,6 +57,14 @@ LoadPolicy decide_load(const FileFacts& file, const BuildFacts& build, const Mod
 std::string decide_kv_cache_type(const LoadPolicy& load, const BuildFacts& build, const ModelOptions& opts,
                                  int llama_file_type);
 
+// The vision tower's flash-attention K and V type (patch 0014), once its
+// matrices' ggml types are known (the patch convolution's aside): "bf16" by
+// the rule of the text model's cache (decide_kv_cache_type), i.e. where the
+// CPU code has AVX512-BF16, all on the CPU, and the tower is not full
+// precision (a matrix in F32, or in F16 not held as BF16); else "f16", clip's own.
+std::string decide_tower_attention(const LoadPolicy& load, const BuildFacts& build,
+                                   const std::vector<int>& tower_matrix_types);
+
 // The context sizes: max_length (the option, at most the trained context;
 // default 32768 capped by it), batch_tokens and n_threads (default: every
 // hardware thread). std::invalid_argument for a max_length past the cap.

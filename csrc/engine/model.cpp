@@ -189,6 +189,7 @@ void Model::gather_info(const ModelOptions& opts) {
     i.image_max_tokens = vision_->max_tokens();
     i.image_f16_as_bf16 = policy_.tower_f16_as_bf16;
     i.image_repack = policy_.tower_repack;
+    i.image_attention = tower_attention_;
   }
   // what the request policy checks calls against
   facts_.path = path_;

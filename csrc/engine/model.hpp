@@ -121,6 +121,7 @@ class Model {
   std::map<std::string, llama_adapter_lora*> adapters_;
   std::map<std::string, Projector> projectors_;
   std::unique_ptr<Vision> vision_;
+  std::string tower_attention_;  // decide_tower_attention's answer, with vision_
   std::unique_ptr<Executor> executor_;
   std::unique_ptr<Scheduler> scheduler_;  // last: its thread runs calls on the rest
 };

@@ -37,6 +37,7 @@ struct ModelInfo {
   std::optional<std::string> mmproj;
   std::optional<int> image_min_tokens, image_max_tokens;
   std::optional<bool> image_f16_as_bf16, image_repack;  // how the tower's matrices are held
+  std::optional<std::string> image_attention;  // the tower's flash-attention K/V type: "bf16" or "f16"
 };
 
 }  // namespace jv4

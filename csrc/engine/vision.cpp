@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <utility>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -242,6 +243,7 @@ MmprojFacts check_mmproj(const std::string& path, int n_embd_text) {
                                        : (ty == GGML_TYPE_F32 || ty == GGML_TYPE_F16 || ty == GGML_TYPE_BF16 ||
                                           ty == GGML_TYPE_Q8_0);
     if (!ok) h.fail("tensor " + name + " has type " + ggml_type_name(ty) + ", which jv4's vision tower does not take");
+    if (it->second.matrix && !conv) f.matrix_types.push_back(static_cast<int>(ty));
     const uint64_t end = data_offset + gguf_get_tensor_offset(g.get(), i) + gguf_get_tensor_size(g.get(), i);
     if (ec || end > file_size) h.fail("truncated: tensor " + name + "'s data ends past the end of the file");
     want.erase(it);
@@ -280,11 +282,10 @@ void check_prompt_tokens(const std::string& mmproj, const llama_model* text) {
 
 }  // namespace
 
-Vision::Vision(const std::string& mmproj, const llama_model* text, int n_embd_text, int n_threads,
+Vision::Vision(const std::string& mmproj, MmprojFacts facts, const llama_model* text, int n_threads,
                std::optional<int> min_tokens, std::optional<int> max_tokens, bool use_gpu, bool f16_as_bf16,
-               bool repack)
-    : path_(mmproj) {
-  facts_ = check_mmproj(mmproj, n_embd_text);
+               bool repack, bool attn_bf16)
+    : facts_(std::move(facts)), path_(mmproj) {
   if (llama_model_rope_type(text) != LLAMA_ROPE_TYPE_MROPE) {
     throw ModelLoadError(mmproj + ": images need the text model with M-RoPE positions (llama.cpp "
                          "architecture qwen2vl, as `jv4 convert` writes it); this text model has another");
@@ -309,6 +310,7 @@ Vision::Vision(const std::string& mmproj, const llama_model* text, int n_embd_te
   p.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_AUTO;
   p.jv4_f16_as_bf16 = f16_as_bf16;  // patch 0013
   p.jv4_repack_weights = repack;
+  p.jv4_attn_bf16 = attn_bf16;  // patch 0014
   take_thread_errors();
   ctx_ = mtmd_init_from_file(mmproj.c_str(), text, p);
   if (ctx_ == nullptr) {

@@ -33,6 +33,7 @@ struct MmprojFacts {
   // the checkpoint's pixel budget (clip.vision.image_min/max_pixels, written
   // by `jv4 convert` from preprocessor_config.json); none when absent
   std::optional<int64_t> min_pixels, max_pixels;
+  std::vector<int> matrix_types;  // ggml types of the weight matrices but the patch convolution
 };
 
 // Reads and checks an mmproj header (and its tensors' names, shapes and
@@ -66,10 +67,12 @@ class Vision {
  public:
   // min/max_tokens: the image budget in merged tokens (none: the file's
   // pixel budget, else llama.cpp's 8..4096); f16_as_bf16 / repack: how the
-  // tower's matrices are held on the CPU (LoadPolicy's tower_* decisions)
-  Vision(const std::string& mmproj, const llama_model* text, int n_embd_text, int n_threads,
+  // tower's matrices are held on the CPU (LoadPolicy's tower_* decisions);
+  // attn_bf16: flash attention over BF16 K and V (decide_tower_attention).
+  // `facts`: check_mmproj(mmproj, n_embd_text)'s answer for this file.
+  Vision(const std::string& mmproj, MmprojFacts facts, const llama_model* text, int n_threads,
          std::optional<int> min_tokens, std::optional<int> max_tokens, bool use_gpu, bool f16_as_bf16,
-         bool repack);
+         bool repack, bool attn_bf16);
   ~Vision();
   Vision(const Vision&) = delete;
   Vision& operator=(const Vision&) = delete;

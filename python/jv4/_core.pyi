@@ -127,6 +127,9 @@ class ModelInfo:
     def flash_attn(self) -> str:
         ...
     @property
+    def image_attention(self) -> str | None:
+        ...
+    @property
     def image_f16_as_bf16(self) -> bool | None:
         ...
     @property
@@ -306,9 +309,9 @@ class _stages:
         (max_length, batch_tokens, n_threads)
         """
     @staticmethod
-    def load_policy(tensor_types: collections.abc.Sequence[str], x86: bool, avx512_vnni: bool, avx512_bf16: bool, n_gpus: typing.SupportsInt | typing.SupportsIndex, options: ModelOptions, file_type: str) -> dict:
+    def load_policy(tensor_types: collections.abc.Sequence[str], x86: bool, avx512_vnni: bool, avx512_bf16: bool, n_gpus: typing.SupportsInt | typing.SupportsIndex, options: ModelOptions, file_type: str, tower_types: collections.abc.Sequence[str] = []) -> dict:
         """
-        the load decisions for a file holding tensors of these ggml types (and of this llama file type) on a build with these facts
+        the load decisions for a file holding tensors of these ggml types (and of this llama file type) on a build with these facts; tower_attention for a vision tower whose matrices have tower_types
         """
     @staticmethod
     def pick_group(queue: collections.abc.Sequence[tuple[bool, str, typing.SupportsInt | typing.SupportsIndex, typing.SupportsInt | typing.SupportsIndex]], batch_tokens: typing.SupportsInt | typing.SupportsIndex, max_seqs: typing.SupportsInt | typing.SupportsIndex, coalesce: bool = True) -> tuple[list[int], bool]:
