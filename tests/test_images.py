@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import ckptgen as cg
+from conftest import build_has
 
 import jv4
 from jv4.checkpoint import ConversionError
@@ -187,6 +188,9 @@ def test_the_f16_tower_held_as_bf16_and_repacked_keeps_the_f32_towers_vectors(fo
     for f16_as_bf16, repack in ((True, True), (False, False)):
         m = jv4.Model(folders["f32"][0], mmproj=mm16, f16_as_bf16=f16_as_bf16, repack=repack)
         assert (m.info["image_f16_as_bf16"], m.info["image_repack"]) == (f16_as_bf16, repack)
+        # the tower held as BF16 attends over BF16 K and V too (the text cache's rule)
+        bf16 = f16_as_bf16 and build_has("AVX512_BF16")
+        assert m.info["image_attention"] == ("bf16" if bf16 else "f16")
         for task in cg.TASKS:
             got, want = m.embed_images(imgs, task=task), model.embed_images(imgs, task=task)
             for (w, h), g, r in zip(SIZES, got, want):
@@ -298,25 +302,44 @@ def test_the_q8_0_tower_is_close_to_the_f32_tower(folders, model, tmp_path):
 
 
 @pytest.mark.numerics
-def test_a_q8_0_tower_keeps_rows_q8_0_cannot_hold_as_f16(vocab, tmp_path, monkeypatch):
+def test_a_q8_0_tower_widens_an_ffn_q8_0_blocks_do_not_fill(vocab, tmp_path, monkeypatch):
     # v4's FFN is 3420 wide: ffn_down's rows (3420 values) are not a multiple
-    # of Q8_0's 32-value blocks, so they are written F16, and gate/up's 3420
-    # rows are not a multiple of the VNNI kernel's 16; the same here with 136
+    # of Q8_0's 32-value blocks. jv4.quantize widens the FFN with zeros to
+    # the next whole block (zero rows and biases in gate/up, zero columns in
+    # down: the same function) and writes all of it Q8_0; the same here with
+    # 136 -> 160, each tensor against gguf-py's quantizer on the zero-padded
+    # F32 values, the vectors against the F32 tower. v4's heads are 80 wide,
+    # a multiple of 16 but not of 32 (the BF16 attention's K packing and V
+    # columns have a rest): 48 here.
     import gguf
 
     monkeypatch.setitem(cg.VISION, "intermediate_size", 136)
+    monkeypatch.setitem(cg.VISION, "hidden_size", 96)
     ck = cg.write_checkpoint(tmp_path / "ckpt", vocab, layout="nested")
     folder = tmp_path / "f32"
     files = jv4.convert(ck.root, folder, outtype="f32")
     q8 = tmp_path / "mmproj-Q8_0.gguf"
     jv4.quantize(folder / files["mmproj"], q8, "Q8_0")
-    _, t = _gguf_tensors(q8)
+    r, t = _gguf_tensors(q8)
+    _, t32 = _gguf_tensors(folder / files["mmproj"])
     T = gguf.GGMLQuantizationType
-    assert (t["v.blk.0.ffn_down.weight"].tensor_type, t["v.blk.0.ffn_up.weight"].tensor_type,
-            t["v.blk.0.attn_q.weight"].tensor_type) == (T.F16, T.Q8_0, T.Q8_0)
+    assert int(_field(r, "clip.vision.feed_forward_length")[0]) == 160
+    for name in ("v.blk.0.ffn_gate.weight", "v.blk.0.ffn_up.weight", "v.blk.1.ffn_down.weight",
+                 "v.blk.0.ffn_gate.bias", "v.blk.2.ffn_up.bias", "v.blk.0.attn_q.weight", "v.blk.0.ffn_down.bias"):
+        src = np.asarray(t32[name].data, dtype=np.float32).reshape([int(x) for x in reversed(t32[name].shape)])
+        shape = {"ffn_gate.weight": (160, 96), "ffn_up.weight": (160, 96), "ffn_down.weight": (96, 160),
+                 "ffn_gate.bias": (160,), "ffn_up.bias": (160,)}.get(name.split(".", 3)[3], src.shape)
+        padded = np.zeros(shape, np.float32)
+        padded[tuple(slice(0, n) for n in src.shape)] = src
+        want = T.F32 if padded.ndim == 1 else T.Q8_0
+        assert t[name].tensor_type == want, name
+        ref = padded if want == T.F32 else gguf.quants.quantize(padded, want)
+        assert np.asarray(t[name].data).tobytes() == np.asarray(ref).tobytes(), name
     imgs = [picture(w, h) for w, h in SIZES[:3]]
     f32 = jv4.Model(folder)
     m = jv4.Model(folder, mmproj=q8)
+    assert f32.info["image_attention"] == "f16"
+    assert m.info["image_attention"] == ("bf16" if build_has("AVX512_BF16") else "f16")
     for g, r in zip(m.embed_images(imgs, task="retrieval"), f32.embed_images(imgs, task="retrieval")):
         assert cos(g, r) >= 0.999
 

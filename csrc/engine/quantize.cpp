@@ -2,6 +2,7 @@
 // models; an mmproj (the vision tower) is written here, tensor by tensor.
 #include "engine/quantize.hpp"
 
+#include <array>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -93,8 +94,38 @@ ggml_type mmproj_tensor_type(const std::string& name, const ggml_tensor* t, ggml
   return want;
 }
 
+// The FFN width an mmproj is written with for `want`. v4's tower FFN is 3420
+// wide, so ffn_down's rows (3420 values) do not fill Q8_0's 32-value blocks.
+// For a block type the FFN is widened with zeros to the next whole block:
+// ffn_gate and ffn_up gain zero rows and zero biases, whose outputs are
+// silu(0) * 0 = 0, and ffn_down gains zero columns that only those zeros
+// meet. The same function, every FFN matrix in the asked type (and gate/up's
+// rows, 3424, a multiple of the VNNI kernel's 16).
+int64_t mmproj_ffn_width(int64_t n_ff, ggml_type want) {
+  const int64_t blk = ggml_blck_size(want);
+  return blk > 1 ? GGML_PAD(n_ff, blk) : n_ff;
+}
+
+bool ends_with(const std::string& s, const char* tail) {
+  const size_t n = std::strlen(tail);
+  return s.size() >= n && s.compare(s.size() - n, n, tail) == 0;
+}
+
+// The shape a tensor of an mmproj is written with when its FFN is `ffp` wide.
+std::array<int64_t, GGML_MAX_DIMS> mmproj_tensor_shape(const std::string& name, const ggml_tensor* t, int64_t ffp) {
+  std::array<int64_t, GGML_MAX_DIMS> ne;
+  for (int d = 0; d < GGML_MAX_DIMS; ++d) ne[d] = t->ne[d];
+  if (name.rfind("v.blk.", 0) != 0) return ne;
+  if (ends_with(name, ".ffn_gate.weight") || ends_with(name, ".ffn_up.weight")) ne[1] = ffp;  // rows
+  if (ends_with(name, ".ffn_gate.bias") || ends_with(name, ".ffn_up.bias") || ends_with(name, ".ffn_down.weight")) {
+    ne[0] = ffp;
+  }
+  return ne;
+}
+
 void quantize_mmproj(const std::string& src, const std::string& dst, const MmprojType& type) {
-  check_mmproj(src, 0);  // the tower's own checks: names, shapes, types, sizes
+  const MmprojFacts facts = check_mmproj(src, 0);  // the tower's own checks: names, shapes, types, sizes
+  const int64_t ffp = mmproj_ffn_width(facts.n_ff, type.type);
   ggml_context* meta_ctx = nullptr;
   gguf_init_params gp{/*no_alloc=*/true, /*ctx=*/&meta_ctx};
   std::unique_ptr<gguf_context, GgufFree> in(gguf_init_from_file(src.c_str(), gp));
@@ -103,13 +134,21 @@ void quantize_mmproj(const std::string& src, const std::string& dst, const Mmpro
   std::unique_ptr<gguf_context, GgufFree> out(gguf_init_empty());
   gguf_set_kv(out.get(), in.get());
   gguf_set_val_u32(out.get(), "general.file_type", type.ftype);
+  gguf_set_val_u32(out.get(), "clip.vision.feed_forward_length", static_cast<uint32_t>(ffp));
   const int64_t n = gguf_get_n_tensors(in.get());
-  std::vector<ggml_tensor*> tensors;
+  // the written tensors' shapes (the widened FFN's) in a context of their own
+  ggml_init_params sp{static_cast<size_t>(n) * ggml_tensor_overhead(), nullptr, /*no_alloc=*/true};
+  std::unique_ptr<ggml_context, GgmlFree> shapes(ggml_init(sp));
+  std::vector<ggml_tensor*> tensors, written;
   for (int64_t i = 0; i < n; ++i) {
     ggml_tensor* t = ggml_get_tensor(meta.get(), gguf_get_tensor_name(in.get(), i));
+    const auto ne = mmproj_tensor_shape(t->name, t, ffp);
+    ggml_tensor* w = ggml_new_tensor(shapes.get(), t->type, ggml_n_dims(t), ne.data());
+    ggml_set_name(w, t->name);
     tensors.push_back(t);
-    gguf_add_tensor(out.get(), t);
-    gguf_set_tensor_type(out.get(), t->name, mmproj_tensor_type(t->name, t, type.type));
+    written.push_back(w);
+    gguf_add_tensor(out.get(), w);
+    gguf_set_tensor_type(out.get(), w->name, mmproj_tensor_type(w->name, w, type.type));
   }
 
   namespace fs = std::filesystem;
@@ -132,19 +171,29 @@ void quantize_mmproj(const std::string& src, const std::string& dst, const Mmpro
       fin.seekg(static_cast<std::streamoff>(data_in + gguf_get_tensor_offset(in.get(), i)));
       fin.read(reinterpret_cast<char*>(raw.data()), static_cast<std::streamsize>(raw.size()));
       if (!fin) throw ModelLoadError(src + ": truncated: cannot read tensor " + std::string(t->name));
+      const ggml_tensor* w = written[i];
       const ggml_type to = gguf_get_tensor_type(out.get(), i);
       const std::vector<uint8_t>* bytes = &raw;
-      if (to != t->type) {
+      if (to != t->type || !ggml_are_same_shape(t, w)) {
+        // as floats, each source row at the start of a written row (zeros past it)
         const int64_t rows = ggml_nrows(t), per_row = t->ne[0];
-        values.resize(static_cast<size_t>(rows * per_row));
-        const ggml_type_traits* from = ggml_get_type_traits(t->type);
+        const int64_t out_rows = ggml_nrows(w), out_per_row = w->ne[0];
+        std::vector<float> src_rows(static_cast<size_t>(rows * per_row));
         if (t->type == GGML_TYPE_F32) {
-          std::memcpy(values.data(), raw.data(), raw.size());
+          std::memcpy(src_rows.data(), raw.data(), raw.size());
         } else {
-          from->to_float(raw.data(), values.data(), rows * per_row);
+          ggml_get_type_traits(t->type)->to_float(raw.data(), src_rows.data(), rows * per_row);
         }
-        packed.resize(ggml_row_size(to, per_row) * static_cast<size_t>(rows));
-        ggml_quantize_chunk(to, values.data(), packed.data(), 0, rows, per_row, nullptr);
+        values.assign(static_cast<size_t>(out_rows * out_per_row), 0.0f);
+        for (int64_t r = 0; r < rows; ++r) {
+          std::memcpy(values.data() + r * out_per_row, src_rows.data() + r * per_row, per_row * sizeof(float));
+        }
+        packed.resize(ggml_row_size(to, out_per_row) * static_cast<size_t>(out_rows));
+        if (to == GGML_TYPE_F32) {
+          std::memcpy(packed.data(), values.data(), packed.size());
+        } else {
+          ggml_quantize_chunk(to, values.data(), packed.data(), 0, out_rows, out_per_row, nullptr);
+        }
         bytes = &packed;
       }
       if (bytes->size() != gguf_get_tensor_size(out.get(), i)) {
