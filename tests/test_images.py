@@ -335,6 +335,14 @@ def test_a_q8_0_tower_widens_an_ffn_q8_0_blocks_do_not_fill(vocab, tmp_path, mon
         assert t[name].tensor_type == want, name
         ref = padded if want == T.F32 else gguf.quants.quantize(padded, want)
         assert np.asarray(t[name].data).tobytes() == np.asarray(ref).tobytes(), name
+    # jv4 convert --outtype q8_0 writes the same tower (the rule is stated twice: C++ and Python)
+    conv = jv4.convert(ck.root, tmp_path / "q8", outtype="q8_0")
+    rc, tc = _gguf_tensors(tmp_path / "q8" / conv["mmproj"])
+    assert int(_field(rc, "clip.vision.feed_forward_length")[0]) == 160
+    assert list(tc) == list(t)
+    for name in t:
+        assert (tc[name].tensor_type, np.asarray(tc[name].data).tobytes()) == \
+            (t[name].tensor_type, np.asarray(t[name].data).tobytes()), name
     imgs = [picture(w, h) for w, h in SIZES[:3]]
     f32 = jv4.Model(folder)
     m = jv4.Model(folder, mmproj=q8)

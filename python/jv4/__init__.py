@@ -110,9 +110,10 @@ def quantize(src: Union[str, os.PathLike], dst: Union[str, os.PathLike], type: s
 
     An mmproj ``src`` (the vision tower) is checked as ``Model(mmproj=)``
     checks it and written in one of ``MMPROJ_QUANT_TYPES`` (no imatrix):
-    its matrices in ``type``, except those whose rows are not a multiple of
-    32 values for ``"Q8_0"`` (v4's ffn_down) and the patch convolution
-    (F32/F16 kernels only), which become F16; norms and biases stay F32."""
+    its matrices in ``type``; for ``"Q8_0"`` the FFN widened with zeros to
+    whole 32-value blocks (v4: 3420 -> 3424; the same function), other
+    matrices whose rows are not a multiple of 32 values and the patch
+    convolution (F32/F16 kernels only) F16; norms and biases stay F32."""
     if not isinstance(type, str):
         raise TypeError(f"type must be a str, one of {', '.join(QUANT_TYPES)}")
     if imatrix is not None and not isinstance(imatrix, (str, os.PathLike)):

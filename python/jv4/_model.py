@@ -133,7 +133,9 @@ class Model(EncodeQueryDocument):
         the build's CPU code has AVX512-BF16 and no layer goes to a GPU (there
         the BF16 kernels are the fast ones; the reference computes in bf16);
         ``False`` keeps F16. ``info["f16_as_bf16"]`` says what was chosen;
-        the vision tower follows the same rule (``info["image_f16_as_bf16"]``).
+        the vision tower follows the same rule (``info["image_f16_as_bf16"]``),
+        and its attention that of ``kv_cache_type``'s default: BF16 K and V
+        unless the tower is full precision (``info["image_attention"]``).
     flash_attn: llama.cpp's flash attention on (True) or off (False). Default
         None: llama.cpp decides (on the CPU it turns it on). Off, attention
         holds a score matrix of batch_tokens x text length per head.

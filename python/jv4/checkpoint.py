@@ -737,10 +737,27 @@ def _projector_tensors(gguf, ck: _Checkpoint, tasks: list) -> list:
     return out
 
 
+def _mmproj_ffn_width(v: _Vision, outtype: str) -> int:
+    # For q8_0 the tower's FFN is widened with zeros to whole 32-value blocks
+    # (v4: 3420 -> 3424): gate/up gain zero rows and biases (silu(0) * 0 = 0),
+    # down zero columns that only those zeros meet; the same function with
+    # every FFN matrix in Q8_0. jv4.quantize does the same (quantize.cpp).
+    return -(-v.ffn // 32) * 32 if outtype == "q8_0" else v.ffn
+
+
+def _widened(values: np.ndarray, shape: tuple) -> np.ndarray:
+    if values.shape == shape:
+        return values
+    out = np.zeros(shape, np.float32)
+    out[tuple(slice(0, n) for n in values.shape)] = values
+    return out
+
+
 def _mmproj_tensors(gguf, ck: _Checkpoint, outtype: str) -> list:
     T = gguf.GGMLQuantizationType
     v = ck.vision
     h = v.hidden
+    ffp = _mmproj_ffn_width(v, outtype)
     out = []
 
     def add(name: str, shape: tuple, make: Callable[[], np.ndarray], conv: bool = False):
@@ -767,7 +784,12 @@ def _mmproj_tensors(gguf, ck: _Checkpoint, outtype: str) -> list:
                        ("mlp.down_proj", "ffn_down")):
             for part in ("weight", "bias"):
                 shape = _vision_shapes(v)[f"{b}{hf}.{part}"]
-                add(f"{g}{gg}.{part}", shape, lambda b=b, hf=hf, part=part: ck.read_vision(f"{b}{hf}.{part}"))
+                if gg in ("ffn_gate", "ffn_up"):
+                    shape = (ffp,) + shape[1:]
+                elif gg == "ffn_down" and part == "weight":
+                    shape = (shape[0], ffp)
+                add(f"{g}{gg}.{part}", shape, lambda b=b, hf=hf, part=part, shape=shape: _widened(
+                    ck.read_vision(f"{b}{hf}.{part}"), shape))
     add("v.post_ln.weight", (h,), lambda: ck.read_vision("merger.ln_q.weight"))
     for hf, gg in (("merger.mlp.0", "mm.0"), ("merger.mlp.2", "mm.2")):
         for part in ("weight", "bias"):
@@ -789,7 +811,7 @@ def _mmproj_kv(gguf, ck: _Checkpoint, outtype: str) -> Callable:
         w.add_uint32("clip.vision.image_size", 560)  # unused by this projector; llama.cpp's converter's value
         w.add_uint32("clip.vision.patch_size", v.patch)
         w.add_uint32("clip.vision.embedding_length", v.hidden)
-        w.add_uint32("clip.vision.feed_forward_length", v.ffn)
+        w.add_uint32("clip.vision.feed_forward_length", _mmproj_ffn_width(v, outtype))
         w.add_uint32("clip.vision.block_count", v.depth)
         w.add_uint32("clip.vision.attention.head_count", v.heads)
         w.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)  # the tower's RMSNorm eps
