@@ -193,8 +193,11 @@ def _error(r, status):
     ({"model": "jv4-test", "input": ""}, 400, "empty string"),
     ({"model": "jv4-test", "input": [[1, 2, 3]]}, 400, "token ids"),
     ({"model": "jv4-test", "input": [1, 2, 3]}, 400, "token ids"),
-    ({"input": "x"}, 400, "'model' is required"),
+    ({"model": 7, "input": "x"}, 400, "'model' must be a string"),
     ({"model": "text-embedding-3-small", "input": "x"}, 404, "not served here"),
+    ({"model": "jina-embeddings-v3", "input": "x"}, 404, "not served here"),
+    ({"model": "jinaai/jina-embeddings-v4-text-code-GGUF", "input": "x", "task": "retrieval"}, 400,
+     "serves the task 'code'"),
     ({"model": "jv4-test", "input": "x", "task": "summarize"}, 400, "'task' must be one of"),
     ({"model": "jv4-test", "input": "x", "role": "document"}, 400, "'role' must be one of"),
     ({"model": "jv4-test", "input": "x", "dimensions": 7}, 400, "dim"),
@@ -209,6 +212,36 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, bod
     err = _error(server.post(body), status)
     assert needle in err["message"], err
     assert server.post({"model": "jv4-test", "input": "still here"}).status_code == 200
+
+
+def test_the_model_cards_request_and_the_names_v4_users_send(server, local):
+    # the model card's curl (as sent to llama-server) names no model; Jina's
+    # API and the Hub name jina-embeddings-v4; the official GGUF repositories
+    # each serve their task: every one of them is the served base here
+    for task in jv4.TASKS:
+        want = local.embed(TEXTS[:3], task=task)
+        for body in ({"task": task}, {"model": "jina-embeddings-v4", "task": task},
+                     {"model": "jinaai/jina-embeddings-v4", "task": task}, {"model": repo_of(task)}):
+            r = server.post({**body, "input": TEXTS[:3]})
+            assert r.status_code == 200, r.text
+            got = np.array([d["embedding"] for d in r.json()["data"]], np.float32)
+            assert cosines(got, want).min() >= 0.99999, (task, body)
+            assert r.json()["model"] == body.get("model", "jv4-test")
+    r = server.post({"input": ["Query: what is a page index?"]})  # the card's body, verbatim in shape
+    assert r.status_code == 200 and len(r.json()["data"]) == 1
+
+
+def test_a_merged_model_answers_to_its_own_task_names_only(make_gguf):
+    s = Server(str(make_gguf(task="code", dtype="F32")))
+    try:
+        ids = [m["id"] for m in requests.get(s.url + "/v1/models", timeout=10).json()["data"]]
+        assert ids[-2:] == ["jina-embeddings-v4", repo_of("code")] and len(ids) == 4, ids  # file name, stem, ...
+        assert s.post({"model": repo_of("code"), "input": "x"}, key=None).status_code == 200
+        assert s.post({"input": "x"}, key=None).status_code == 200
+        for other in (repo_of("retrieval"), "jinaai/jina-embeddings-v4"):
+            assert _error(s.post({"model": other, "input": "x"}, key=None), 404)["code"] == "model_not_found"
+    finally:
+        s.stop()
 
 
 def test_the_engine_names_the_field_it_refused(server):
@@ -239,7 +272,8 @@ def test_clients_that_disconnect_mid_request(server):
 
 def test_models_health_and_metrics(server):
     models = requests.get(server.url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=10).json()
-    assert [m["id"] for m in models["data"]] == ["jv4-test"] and models["object"] == "list"
+    assert [m["id"] for m in models["data"]] == ["jv4-test", "jina-embeddings-v4", "jinaai/jina-embeddings-v4",
+                                                 *[repo_of(t) for t in jv4.TASKS]] and models["object"] == "list"
     assert requests.get(server.url + "/health", timeout=10).json()["status"] == "ok"
 
     def value(text, name):

@@ -12,6 +12,9 @@ than one batched call. Endpoints:
 - ``POST /v1/embeddings``: OpenAI's request and response shapes (``input``,
   ``model``, ``dimensions``, ``encoding_format`` float | base64, ``user``
   ignored), plus jv4's ``task``, ``role``, ``precision`` and ``multivector``.
+  ``model`` may be left out (the model served; llama-server's clients send
+  none), and a jina-v4 model answers to the names its users send
+  (``Served._add_v4_names``).
 - ``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus text).
 
 Errors come in OpenAI's shape, ``{"error": {"message", "type", "param",
@@ -101,12 +104,27 @@ class Served:
                 self.model = jv4.Model(self.spec, **self.model_kwargs)
                 if self.requested_task is not None:
                     self.model.check_request(self.requested_task)  # the task against the file
+                self._add_v4_names(self.model)
         except BaseException as e:  # noqa: BLE001 - reported by /health and every request
             self.error = e
             log.error("jv4 serve: cannot load %s: %s", self.spec or "the official models", e)
             self.on_fail()
         finally:
             self.loaded.set()
+
+    def _add_v4_names(self, model: jv4.Model) -> None:
+        """A jina-v4 model also answers to the names its users send: the
+        model's own (``jina-embeddings-v4``, and the Hugging Face repository
+        ``jinaai/jina-embeddings-v4`` for a base that serves every task), and
+        each official GGUF repository whose task it serves, which then
+        serves that task (as with no MODEL)."""
+        tasks = model.tasks
+        if not tasks:
+            return  # not a jina-v4 model: its file or folder name only
+        names = ["jina-embeddings-v4"] + (["jinaai/jina-embeddings-v4"] if model.is_base else [])
+        task_of_id = {jv4._core.jina_official_repo(t): t for t in tasks}
+        self.task_of_id = {**self.task_of_id, **task_of_id}
+        self.ids = self.ids + [n for n in [*names, *task_of_id] if n not in self.ids]
 
     @property
     def default_task(self) -> Optional[str]:
@@ -190,8 +208,11 @@ def parse_request(body: Any, served_ids: list, max_texts: int, default_task: Opt
                             f"a request (--max-batch-texts): split it", param="input")
 
     model = body.get("model")
+    if model is None:
+        model = served_ids[0]  # one model served: a request without 'model' (llama-server's clients) is for it
     if not isinstance(model, str):
-        raise ApiError(400, "'model' is required: one of " + ", ".join(served_ids), param="model")
+        raise ApiError(400, f"'model' must be a string, one of {', '.join(served_ids)}; got {json.dumps(model)}",
+                       param="model")
     if model not in served_ids:
         raise ApiError(404, f"the model '{model}' is not served here; this server serves "
                             + ", ".join(served_ids), param="model", code="model_not_found")
