@@ -161,7 +161,8 @@ def _kernel_source(name: str, marker: str) -> str:
 
 
 _Q8_0_HARNESS = r"""
-// jv4's Q8_0 AVX512-VNNI kernel, compiled alone, against exact integer sums
+// jv4's Q8_0 kernels (AVX512-VNNI, AVX2), compiled alone, against exact integer sums;
+// MAKE16, GEMM and GEMV name the kernel's repacking, gemm and gemv
 #define QK8_0 32
 #define GGML_RESTRICT __restrict__
 typedef uint16_t ggml_half;
@@ -198,7 +199,7 @@ int main() {
             for (int x = 0; x < nc / 16; x++) for (int l = 0; l < nb; l++) {
                 block_q8_0 rows[16];
                 for (int r = 0; r < 16; r++) rows[r] = W[(size_t) (x * 16 + r) * nb + l];
-                Wr[(size_t) x * nb + l] = jv4_make_block_q8_0x16_vnni(rows);
+                Wr[(size_t) x * nb + l] = MAKE16(rows);
             }
             memcpy((void *) (Wr + (size_t) nc / 16 * nb), W.data() + (size_t) (nc - nc % 16) * nb,
                    (size_t) (nc % 16) * nb * sizeof(block_q8_0));
@@ -211,9 +212,9 @@ int main() {
             }
             const size_t bs = nc + 3;  // a row stride wider than the tile
             std::vector<float> S((size_t) nr * bs, NAN), G((size_t) nr * bs, NAN);
-            jv4_gemm_q8_0_16x4_vnni(n, S.data(), bs, Wr, Ar.data(), nr, nc);
+            GEMM(n, S.data(), bs, Wr, Ar.data(), nr, nc);
             for (int t = 0; t < nr; t++)
-                jv4_gemv_q8_0_16x4_vnni(n, G.data() + (size_t) t * bs, 0, Wr, A.data() + (size_t) t * nb, 1, nc);
+                GEMV(n, G.data() + (size_t) t * bs, 0, Wr, A.data() + (size_t) t * nb, 1, nc);
             char shape[64];
             snprintf(shape, sizeof shape, "n=%d nc=%d nr=%d unit=%d", n, nc, nr, unit);
             for (int t = 0; t < nr; t++) for (int c = 0; c < nc; c++) {
@@ -251,9 +252,26 @@ def test_q8_0_vnni_kernel_matches_exact_integer_arithmetic(tmp_path):
     # integers and must be equal; otherwise within float rounding (1e-5 of
     # the sum of the terms' magnitudes; measured <= 2e-7). Rows past the last
     # block of 16 included; gemm and one token give the same bits.
-    kernel = _kernel_source("jv4-q8_0-vnni.inc", "_mm512_dpbusd_epi32")
+    kernel = _q8_0_kernel("jv4-q8_0-vnni.inc", "_mm512_dpbusd_epi32", "vnni")
     _run_harness(tmp_path, "q8_0_vnni", _Q8_0_HARNESS, kernel,
                  ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c", "-mfma"])
+
+
+def _q8_0_kernel(name: str, marker: str, suffix: str) -> str:
+    _kernel_source("jv4-q8_0-rows.inc", "jv4_dot32_i8")  # the shared rows, checked fresh too
+    return "\n".join([_kernel_source(name, marker), f"#define MAKE16 jv4_make_block_q8_0x16_{suffix}",
+                      f"#define GEMM jv4_gemm_q8_0_16x4_{suffix}", f"#define GEMV jv4_gemv_q8_0_16x4_{suffix}"])
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="needs a C++ compiler (c++)")
+@pytest.mark.skipif(not all(_cpu_has(f) for f in ("avx2", "fma", "f16c")),
+                    reason="needs a CPU with AVX2, FMA and F16C to run the kernel")
+def test_q8_0_avx2_kernel_matches_exact_integer_arithmetic(tmp_path):
+    # The patch "Q8_0 weights for AVX2" (x86-64-v3, compiled here without
+    # any AVX-512 switch, as that level's module is): the same shapes,
+    # references and bit equality of gemm and one token as the VNNI kernel's.
+    kernel = _q8_0_kernel("jv4-q8_0-avx2.inc", "_mm256_maddubs_epi16", "avx2")
+    _run_harness(tmp_path, "q8_0_avx2", _Q8_0_HARNESS, kernel, ["-mavx2", "-mfma", "-mf16c"])
 
 
 _BF16_HARNESS = r"""

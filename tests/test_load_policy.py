@@ -11,8 +11,9 @@ import pytest
 
 from jv4 import _core
 
-AVX512 = dict(x86=True, avx512_vnni=True, avx512_bf16=True, n_gpus=0)   # this machine's build
-AVX2 = dict(x86=True, avx512_vnni=False, avx512_bf16=False, n_gpus=0)    # x86-64-v3
+AVX512 = dict(x86=True, avx512_vnni=True, avx512_bf16=True, avx2=True, n_gpus=0)   # this machine's build
+AVX2 = dict(x86=True, avx512_vnni=False, avx512_bf16=False, avx2=True, n_gpus=0)    # x86-64-v3
+SSE = dict(x86=True, avx512_vnni=False, avx512_bf16=False, avx2=False, n_gpus=0)    # x86-64-v2
 ARM = dict(x86=False, avx512_vnni=False, avx512_bf16=False, n_gpus=0)
 GPU = dict(AVX512, n_gpus=1)
 
@@ -36,9 +37,10 @@ TABLE = [
     # Q4_0 repacks everywhere
     (Q4_0, AVX2, {}, (True, False, "read", "f16")),
     (Q4_0, AVX2, {"repack": False}, (False, False, "mmap", "f16")),
-    # Q8_0: repacked only where the build has AVX512-VNNI (jv4's kernel)
+    # Q8_0: repacked where the build has AVX512-VNNI or AVX2 (jv4's kernels), so read
     (Q8_0, AVX512, {}, (True, False, "read", "bf16")),
-    (Q8_0, AVX2, {}, (True, False, "mmap", "f16")),
+    (Q8_0, AVX2, {}, (True, False, "read", "f16")),
+    (Q8_0, SSE, {}, (True, False, "mmap", "f16")),
     # BF16: repacked only with AVX512-BF16
     (BF16, AVX512, {}, (True, False, "read", "bf16")),
     (BF16, AVX2, {}, (True, False, "mmap", "f16")),

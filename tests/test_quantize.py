@@ -70,9 +70,10 @@ def test_quantize_types_cover_the_official_release_types():
 
 
 # the build feature each type's x86 repacked layout needs (Q8_0, BF16: jv4's
-# patches 0004 "Q8_0 weights for AVX512-VNNI" and 0005 "BF16 weights for
-# AVX512-BF16"; F16 is held as BF16 where the build has AVX512-BF16)
-_REPACK_FEATURE = {"Q4_K_M": "AVX2", "Q4_0": "AVX2", "Q8_0": "AVX512_VNNI", "BF16": "AVX512_BF16",
+# patches 0004 "Q8_0 weights for AVX512-VNNI", 0015 "Q8_0 weights for AVX2"
+# (with FMA and F16C, which every x86-64-v3 build has) and 0005 "BF16 weights
+# for AVX512-BF16"; F16 is held as BF16 where the build has AVX512-BF16)
+_REPACK_FEATURE = {"Q4_K_M": "AVX2", "Q4_0": "AVX2", "Q8_0": "AVX2", "BF16": "AVX512_BF16",
                    "F16": "AVX512_BF16"}
 
 
@@ -130,12 +131,12 @@ def test_repacking_by_default_only_where_it_measured_faster(make_gguf, tmp_path)
         chosen[qtype] = (info["repack"], info["load_mode"])
     # x86: Q4_K faster unrepacked; elsewhere llama.cpp's default (repacked,
     # so read). Q4_0: repacked (and read, so held once). Q8_0: repacked (so
-    # read) where the build's CPU code has AVX512-VNNI; elsewhere no repacked
-    # layout is used for it and it stays memory-mapped. BF16 likewise with
-    # AVX512-BF16.
+    # read) where the build's CPU code has AVX512-VNNI or AVX2; elsewhere no
+    # repacked layout is used for it and it stays memory-mapped. BF16
+    # likewise with AVX512-BF16.
     x86 = platform.machine().lower() in ("x86_64", "amd64")
     q4k = (False, "mmap") if x86 else (True, "read")
-    q8 = "read" if build_has("AVX512_VNNI") else "mmap"
+    q8 = "read" if build_has("AVX2") else "mmap"
     bf16 = "read" if build_has("AVX512_BF16") else "mmap"
     assert chosen == {"Q4_K_M": q4k, "Q4_0": (True, "read"), "Q8_0": (True, q8), "BF16": (True, bf16)}
 

@@ -139,13 +139,14 @@ void register_stages(py::module_& parent) {
       "load_policy",
       [](const std::vector<std::string>& tensor_types, bool x86, bool avx512_vnni, bool avx512_bf16, int n_gpus,
          const jv4::ModelOptions& options, const std::string& file_type,
-         const std::vector<std::string>& tower_types) {
+         const std::vector<std::string>& tower_types, bool avx2) {
         jv4::FileFacts file;
         for (const std::string& t : tensor_types) file.tensor_types.push_back(type_named(t));
         jv4::BuildFacts build;
         build.x86 = x86;
         build.avx512_vnni = avx512_vnni;
         build.avx512_bf16 = avx512_bf16;
+        build.avx2 = avx2;
         build.n_gpus = n_gpus;
         const jv4::LoadPolicy p = jv4::decide_load(file, build, options);
         py::dict out;
@@ -165,6 +166,7 @@ void register_stages(py::module_& parent) {
       },
       py::arg("tensor_types"), py::arg("x86"), py::arg("avx512_vnni"), py::arg("avx512_bf16"), py::arg("n_gpus"),
       py::arg("options"), py::arg("file_type"), py::arg("tower_types") = std::vector<std::string>{},
+      py::arg("avx2") = false,
       "the load decisions for a file holding tensors of these ggml types (and of this llama file type) "
       "on a build with these facts; tower_attention for a vision tower whose matrices have tower_types");
   m.def_static(

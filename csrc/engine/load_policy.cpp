@@ -138,7 +138,7 @@ LoadPolicy decide_load(const FileFacts& file, const BuildFacts& build, const Mod
         repackable = true;
         break;
       case GGML_TYPE_Q8_0:
-        if (build.avx512_vnni) repackable = true;  // patch 0004
+        if (build.avx512_vnni || build.avx2) repackable = true;  // patches 0004 (VNNI), 0015 (AVX2)
         break;
       case GGML_TYPE_BF16:
         if (build.avx512_bf16) repackable = true;  // patch 0005

@@ -22,6 +22,7 @@ struct FileFacts {
 struct BuildFacts {
   bool x86 = false;          // llama.cpp's x86 repack kernels (measured: some are slower)
   bool avx512_vnni = false;  // patch 0004: Q8_0 repacked for vpdpbusd
+  bool avx2 = false;         // AVX2 + FMA + F16C; patch 0015: Q8_0 repacked for vpmaddubsw without VNNI
   bool avx512_bf16 = false;  // patches 0005/0006/0008: BF16 GEMM, BF16 attention, F16 held as BF16
   int n_gpus = 0;            // GPU devices the build sees
 };

@@ -64,6 +64,7 @@ BuildFacts build_facts() {
 #endif
   b.avx512_vnni = ggml_cpu_has_avx512_vnni() != 0;  // the build's CPU code, where jv4's kernels live
   b.avx512_bf16 = ggml_cpu_has_avx512_bf16() != 0;
+  b.avx2 = ggml_cpu_has_avx2() != 0 && ggml_cpu_has_fma() != 0 && ggml_cpu_has_f16c() != 0;
   b.n_gpus = count_gpus();
   return b;
 }

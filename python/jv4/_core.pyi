@@ -309,7 +309,7 @@ class _stages:
         (max_length, batch_tokens, n_threads)
         """
     @staticmethod
-    def load_policy(tensor_types: collections.abc.Sequence[str], x86: bool, avx512_vnni: bool, avx512_bf16: bool, n_gpus: typing.SupportsInt | typing.SupportsIndex, options: ModelOptions, file_type: str, tower_types: collections.abc.Sequence[str] = []) -> dict:
+    def load_policy(tensor_types: collections.abc.Sequence[str], x86: bool, avx512_vnni: bool, avx512_bf16: bool, n_gpus: typing.SupportsInt | typing.SupportsIndex, options: ModelOptions, file_type: str, tower_types: collections.abc.Sequence[str] = [], avx2: bool = False) -> dict:
         """
         the load decisions for a file holding tensors of these ggml types (and of this llama file type) on a build with these facts; tower_attention for a vision tower whose matrices have tower_types
         """

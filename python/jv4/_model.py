@@ -107,7 +107,7 @@ class Model(EncodeQueryDocument):
     batch_tokens: token budget of one decode (default 512). Texts are packed
         into decodes up to this many tokens; longer texts span several.
     repack: let llama.cpp re-lay quantized weights for its CPU kernels
-        (True/False; Q8_0 too where the build has AVX512-VNNI). Default None:
+        (True/False; Q8_0 too where the build has AVX512-VNNI or AVX2). Default None:
         on x86, off for files holding Q4_K or Q2_K weights (faster
         unrepacked, measured); llama.cpp's default otherwise. When weights
         are repacked the file is read rather than memory-mapped, so that
