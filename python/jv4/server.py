@@ -14,7 +14,7 @@ than one batched call. Endpoints:
   ignored), plus jv4's ``task``, ``role``, ``precision`` and ``multivector``.
   ``model`` may be left out (the model served; llama-server's clients send
   none), and a jina-v4 model answers to the names its users send
-  (``Served._add_v4_names``).
+  (``Served.add_v4_names``).
 - ``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus text).
 
 Errors come in OpenAI's shape, ``{"error": {"message", "type", "param",
@@ -104,7 +104,7 @@ class Served:
                 self.model = jv4.Model(self.spec, **self.model_kwargs)
                 if self.requested_task is not None:
                     self.model.check_request(self.requested_task)  # the task against the file
-                self._add_v4_names(self.model)
+                self.add_v4_names(self.model)
         except BaseException as e:  # noqa: BLE001 - reported by /health and every request
             self.error = e
             log.error("jv4 serve: cannot load %s: %s", self.spec or "the official models", e)
@@ -112,7 +112,7 @@ class Served:
         finally:
             self.loaded.set()
 
-    def _add_v4_names(self, model: jv4.Model) -> None:
+    def add_v4_names(self, model: jv4.Model) -> None:
         """A jina-v4 model also answers to the names its users send: the
         model's own (``jina-embeddings-v4``, and the Hugging Face repository
         ``jinaai/jina-embeddings-v4`` for a base that serves every task), and
