@@ -93,7 +93,7 @@ Model::Model(const std::string& path, const ModelOptions& opts) : path_(path) {
       executor_ = std::make_unique<Executor>(cfg);
     }
     load_adapters(opts);
-    load_vision(opts);
+    load_vision(opts, build);
     gather_info(opts);
     scheduler_ = std::make_unique<Scheduler>(
         [this](const std::vector<Scheduler::Job*>& group) { run_group(group); },

@@ -108,7 +108,7 @@ class Model {
                     float* out, Progress* progress, MultiOutput* multi, std::exception_ptr* error) const;
   void read_model_facts();
   void load_adapters(const ModelOptions& opts);
-  void load_vision(const ModelOptions& opts);
+  void load_vision(const ModelOptions& opts, const BuildFacts& build);
   void gather_info(const ModelOptions& opts);
 
   std::string path_;

@@ -8,21 +8,20 @@
 #include <string>
 
 #include "engine/errors.hpp"
-#include "engine/loader.hpp"
 #include "engine/model.hpp"
 #include "engine/vision.hpp"
 #include "llama.h"
 
 namespace jv4 {
 
-void Model::load_vision(const ModelOptions& opts) {
+void Model::load_vision(const ModelOptions& opts, const BuildFacts& build) {
   if (!opts.mmproj) return;
   if (!info_.jina_v4) {
     throw ModelLoadError(path_ + ": image input (mmproj=) is for jina-embeddings-v4 models; this file is not one");
   }
   const bool gpu = !policy_.cpu_only;  // the tower goes where the text model's layers go
   MmprojFacts facts = check_mmproj(*opts.mmproj, llama_model_n_embd_inp(model_));
-  tower_attention_ = decide_tower_attention(policy_, build_facts(), facts.matrix_types);
+  tower_attention_ = decide_tower_attention(policy_, build, facts.matrix_types);
   vision_ = std::make_unique<Vision>(*opts.mmproj, std::move(facts), model_, info_.n_threads, opts.image_min_tokens,
                                      opts.image_max_tokens, gpu, policy_.tower_f16_as_bf16, policy_.tower_repack,
                                      tower_attention_ == "bf16");

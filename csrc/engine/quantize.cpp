@@ -178,15 +178,16 @@ void quantize_mmproj(const std::string& src, const std::string& dst, const Mmpro
         // as floats, each source row at the start of a written row (zeros past it)
         const int64_t rows = ggml_nrows(t), per_row = t->ne[0];
         const int64_t out_rows = ggml_nrows(w), out_per_row = w->ne[0];
-        std::vector<float> src_rows(static_cast<size_t>(rows * per_row));
-        if (t->type == GGML_TYPE_F32) {
-          std::memcpy(src_rows.data(), raw.data(), raw.size());
-        } else {
-          ggml_get_type_traits(t->type)->to_float(raw.data(), src_rows.data(), rows * per_row);
-        }
+        const size_t row_bytes = ggml_row_size(t->type, per_row);
         values.assign(static_cast<size_t>(out_rows * out_per_row), 0.0f);
         for (int64_t r = 0; r < rows; ++r) {
-          std::memcpy(values.data() + r * out_per_row, src_rows.data() + r * per_row, per_row * sizeof(float));
+          const uint8_t* from = raw.data() + r * row_bytes;
+          float* into = values.data() + r * out_per_row;
+          if (t->type == GGML_TYPE_F32) {
+            std::memcpy(into, from, row_bytes);
+          } else {
+            ggml_get_type_traits(t->type)->to_float(from, into, per_row);
+          }
         }
         packed.resize(ggml_row_size(to, out_per_row) * static_cast<size_t>(out_rows));
         if (to == GGML_TYPE_F32) {

@@ -4,11 +4,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <utility>
 #include <filesystem>
 #include <map>
 #include <memory>
 #include <stdexcept>
+#include <utility>
 
 #include "engine/errors.hpp"
 #include "engine/gguf_file.hpp"
